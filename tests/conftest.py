@@ -1,0 +1,65 @@
+"""Shared test fixtures: where the real sample data lives.
+
+`MLDATA_ROOT` points at the sample data (default: `../shared/data` next to the repository). Tests
+that need a dataset skip when it is absent, unless `MLDATA_REQUIRED=1` (set by `.ci/run`), in
+which case a missing dataset fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path | None:
+    env = os.environ.get("MLDATA_ROOT")
+    if env:
+        return Path(env).expanduser().resolve()
+    default = REPO_ROOT.parent / "shared" / "data"
+    return default if default.is_dir() else None
+
+
+def require_data(*parts: str) -> Path:
+    """Return `MLDATA_ROOT/<parts>`; skip (or fail under MLDATA_REQUIRED=1) when it is missing."""
+    root = _data_root()
+    path = root.joinpath(*parts) if root is not None else None
+    if path is None or not path.exists():
+        msg = f"sample data not found: {path or 'MLDATA_ROOT unset and ../shared/data absent'}"
+        if os.environ.get("MLDATA_REQUIRED") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mldata_root() -> Path:
+    """The sample-data root folder (`MLDATA_ROOT`)."""
+    return require_data()
+
+
+@pytest.fixture(scope="session")
+def figaro_root() -> Path:
+    """`MLDATA_ROOT/figaro1k` (contains `Figaro1k/Original`, `Figaro1k/GT`)."""
+    return require_data("figaro1k")
+
+
+@pytest.fixture(scope="session")
+def lfw_hair_root() -> Path:
+    """`MLDATA_ROOT/lfw_hair` (`images/NAME.jpg`, `masks/NAME.png`)."""
+    return require_data("lfw_hair")
+
+
+@pytest.fixture(scope="session")
+def shared_models() -> Path:
+    """`../shared/models` (MediaPipe test model)."""
+    root = _data_root()
+    path = root.parent / "models" if root is not None else REPO_ROOT.parent / "shared" / "models"
+    if not path.is_dir():
+        if os.environ.get("MLDATA_REQUIRED") == "1":
+            pytest.fail(f"shared models folder not found: {path}")
+        pytest.skip(f"shared models folder not found: {path}")
+    return path
