@@ -1,0 +1,111 @@
+"""Callbacks: early stopping and best-by-metric checkpoints.
+
+Monitored names are ``<split>_<metric>``, e.g. ``val_iou`` or ``val_loss``, matching the keys of
+:meth:`mlcore.trainer.Trainer.evaluate` prefixed by the split.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlcore.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class Callback:
+    """Hooks the trainer calls; state in :meth:`state_dict` is saved in ``last.pt`` for resume."""
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """After every evaluation; ``metrics`` are ``<split>_<name>`` keys."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max' (got {mode!r})")
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than ``min_delta`` for ``patience`` evaluations.
+
+    Args:
+        monitor: e.g. ``"val_iou"``.
+        mode: ``"max"`` (higher is better) or ``"min"``.
+        patience: evaluations without improvement before stopping (>= 1).
+        min_delta: minimum change that counts as an improvement (absolute, >= 0).
+    """
+
+    def __init__(self, monitor: str, mode: str = "min", patience: int = 3, min_delta: float = 0.0) -> None:
+        _check_mode(mode)
+        if patience < 1 or min_delta < 0:
+            raise ValueError(f"patience must be >= 1 and min_delta >= 0 (got {patience}, {min_delta})")
+        self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
+        self.best: float | None = None
+        self.bad_evals = 0
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.monitor not in metrics:
+            return
+        value = metrics[self.monitor]
+        if _improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.bad_evals = value, 0
+            return
+        self.bad_evals += 1
+        if self.bad_evals >= self.patience:
+            log.info("early stopping: %s did not improve for %d evaluations (best %.6g)",
+                     self.monitor, self.bad_evals, self.best if self.best is not None else float("nan"))
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_evals = state["best"], state["bad_evals"]
+
+
+class BestCheckpoint(Callback):
+    """Write ``checkpoints/best_<metric>.pt`` (weights + config) whenever a monitored metric improves.
+
+    Args:
+        monitors: ``[(name, mode), ...]``, any number, e.g. ``[("val_iou", "max"), ("val_loss", "min")]``.
+    """
+
+    def __init__(self, monitors: list[tuple[str, str]]) -> None:
+        for _, mode in monitors:
+            _check_mode(mode)
+        self.monitors = list(monitors)
+        self.best: dict[str, dict[str, float]] = {}
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        for name, mode in self.monitors:
+            if name not in metrics:
+                continue
+            value = metrics[name]
+            prev = self.best.get(name, {}).get("value")
+            if _improved(value, prev, mode, 0.0):
+                self.best[name] = {"value": value, "epoch": trainer.epoch, "step": trainer.global_step}
+                trainer.save_weights(f"best_{name}.pt", extra={"metric": name, "value": value,
+                                                               "metrics": metrics})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state["best"]

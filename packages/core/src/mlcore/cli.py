@@ -1,0 +1,179 @@
+"""Build every ``<domain>-train`` (and friends) from a config dataclass.
+
+Precedence, lowest first: the dataclass defaults, a ``--config`` preset (a YAML shipped in the
+domain package's ``configs/`` folder, or a YAML file path), the saved ``config.yaml`` of the run
+given to ``--resume``, then flags typed on the command line. ``--help`` lists every option with its
+default. Invalid values exit with code 2 and a one-line ``prog: error: ...`` message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mlcore.checkpoint import CheckpointError, resolve_resume_path
+from mlcore.config import ConfigError, TrainConfig, flag
+from mlcore.runlog import setup_logging
+
+C = TypeVar("C", bound=TrainConfig)
+
+
+def _scalar_type(tp: Any) -> tuple[type, bool]:
+    """(base type, optional) of a resolved annotation like ``int | None``."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0], len(non_none) < len(args)
+    return tp, False
+
+
+def _converter(base: type, optional: bool, name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+        try:
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {base.__name__}{' or none' if optional else ''}, got {text!r}") from None
+    convert.__name__ = base.__name__
+    return convert
+
+
+def list_presets(package: str | None) -> list[str]:
+    """Names of the YAML presets shipped in ``<package>/configs``."""
+    if package is None:
+        return []
+    folder = resources.files(package).joinpath("configs")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def load_preset(name_or_path: str, package: str | None) -> dict[str, Any]:
+    """Read a preset by name (shipped with ``package``) or from a YAML file path.
+
+    Raises:
+        ConfigError: unknown preset name, unreadable file or a file that is not a YAML mapping.
+    """
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"--config {name_or_path}: file not found")
+        text = path.read_text()
+    else:
+        presets = list_presets(package)
+        if name_or_path not in presets:
+            raise ConfigError(f"--config: unknown preset {name_or_path!r} (presets: {', '.join(presets) or 'none'})")
+        text = resources.files(package).joinpath("configs", f"{name_or_path}.yaml").read_text()  # type: ignore[arg-type]
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {name_or_path}: invalid YAML ({exc.__class__.__name__})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {name_or_path}: expected a mapping of option: value")
+    return data
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(config_cls: type[C], prog: str, description: str = "", presets_package: str | None = None,
+                 ) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with one flag per dataclass field plus ``--config``.
+
+    Flags default to ``argparse.SUPPRESS`` so the parser reports only what was typed; the help
+    text still shows each field's default.
+    """
+    presets = list_presets(presets_package)
+    parser = _Parser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     argument_default=argparse.SUPPRESS)
+    parser.add_argument("--config", metavar="NAME_OR_YAML",
+                        help=f"preset name ({', '.join(presets) or 'none shipped'}) or a YAML file; flags override it")
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        base, optional = _scalar_type(hints[f.name])
+        help_text = f.metadata.get("help", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kwargs: dict[str, Any] = {"help": f"{help_text} (default: {default})", "dest": f.name}
+        if base is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs["help"] = f"{help_text} (default: {default})"
+        else:
+            kwargs["type"] = _converter(base, optional, f.name)
+            kwargs["metavar"] = base.__name__.upper() if base is not str else "VALUE"
+            if "choices" in f.metadata:
+                kwargs["choices"] = f.metadata["choices"]
+                kwargs.pop("metavar")
+        parser.add_argument(f"--{flag(f.name)}", **kwargs)
+    return parser
+
+
+def _apply(config: C, values: dict[str, Any], source: str) -> C:
+    names = {f.name for f in dataclasses.fields(config)}
+    changes = {}
+    for key, value in values.items():
+        k = key.replace("-", "_")
+        if k not in names:
+            raise ConfigError(f"{source}: unknown option {key!r}")
+        changes[k] = value
+    return dataclasses.replace(config, **changes)
+
+
+def parse_config(config_cls: type[C], argv: Sequence[str] | None = None, *, prog: str,
+                 description: str = "", presets_package: str | None = None) -> C:
+    """Parse flags into a validated ``config_cls`` instance.
+
+    Raises:
+        ConfigError: invalid value, unknown preset/option, or nothing to resume from.
+        SystemExit: ``--help`` (code 0) or an unparsable flag (code 2, from argparse).
+    """
+    parser = build_parser(config_cls, prog, description, presets_package)
+    args = vars(parser.parse_args(argv))
+    preset = args.pop("config", None)
+    config = config_cls()
+    if preset is not None:
+        config = _apply(config, load_preset(preset, presets_package), f"--config {preset}")
+    if args.get("resume"):
+        try:
+            ckpt = resolve_resume_path(args["resume"])
+        except CheckpointError as exc:
+            raise ConfigError(str(exc)) from exc
+        saved = ckpt.parent.parent / "config.yaml"
+        if saved.is_file():
+            values = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k != "resume"}
+            config = _apply(config, values, str(saved))
+    config = _apply(config, args, "command line")
+    config.validate()
+    return config
+
+
+def run_cli(main: Callable[[], int | None], *, prog: str,
+            user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """Run ``main`` turning user errors into one line on stderr and a non-zero exit code.
+
+    ``ConfigError`` exits 2 (bad flags or config); ``user_errors`` (e.g. a domain's data error),
+    ``FileNotFoundError`` and ``CheckpointError`` exit 1. Other exceptions propagate with their
+    traceback (they are bugs).
+    """
+    setup_logging(logging.INFO)
+    try:
+        return int(main() or 0)
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (CheckpointError, FileNotFoundError, *user_errors) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1

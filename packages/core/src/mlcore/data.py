@@ -1,0 +1,165 @@
+"""Loaders whose order and augmentation randomness resume exactly, with or without workers.
+
+Exact mid-epoch resume needs two things a plain ``DataLoader`` does not give:
+
+1. the sample order of every epoch must be a pure function of (seed, epoch), and a resumed run
+   must be able to start at any batch of it: :class:`ResumableSampler` (DistributedSampler's
+   permutation, sharded by rank, plus a start offset);
+2. augmentation randomness must not depend on which worker process fetched a sample or on what
+   that worker fetched before: :class:`SeededDataset` re-seeds the global python/numpy/torch RNGs
+   from (seed, epoch, index) right before each ``dataset[index]``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mlcore.distributed import get_rank, get_world_size
+from mlcore.seed import sample_seed
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, sample_seed)`` pairs: a seeded per-epoch permutation, sharded by rank.
+
+    The permutation is ``torch.randperm(n, generator=seed + epoch)`` exactly as in
+    :class:`torch.utils.data.DistributedSampler`, padded by repetition to a multiple of
+    ``num_replicas`` and strided ``rank::num_replicas``, so the union over ranks of a DDP step's
+    batches is the same set of samples a single process sees with the global batch.
+
+    Args:
+        length: number of samples in the dataset.
+        shuffle: shuffle each epoch (else natural order).
+        seed: the run seed.
+        num_replicas, rank: DDP world size and rank (default: from the process group).
+    """
+
+    def __init__(self, length: int, *, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None) -> None:
+        self.length = length
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas if num_replicas is not None else get_world_size()
+        self.rank = rank if rank is not None else get_rank()
+        self.epoch = 0
+        self.start = 0
+        self.per_replica = math.ceil(length / self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch`` and rewind to its first sample."""
+        self.epoch = epoch
+        self.start = 0
+
+    def skip(self, num_samples: int) -> None:
+        """Start the current epoch after its first ``num_samples`` samples (this rank's)."""
+        self.start = num_samples
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        total = self.per_replica * self.num_replicas
+        if total > len(order):
+            order += (order * math.ceil(total / len(order)))[: total - len(order)]
+        return order[self.rank:total:self.num_replicas]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in self._indices()[self.start:]:
+            yield index, sample_seed(self.seed, self.epoch, index)
+
+    def __len__(self) -> int:
+        return self.per_replica - self.start
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.start, self.seed = state["epoch"], state["start"], state["seed"]
+
+
+class SeededDataset(Dataset):
+    """Wraps a map-style dataset so ``ds[(index, seed)]`` runs ``dataset[index]`` under ``seed``.
+
+    In a worker process the global RNGs are simply re-seeded (each fetch is independent); in the
+    main process (``num_workers=0``) their previous states are restored afterwards so model-side
+    randomness (dropout) is not disturbed by data loading.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        in_main = torch.utils.data.get_worker_info() is None
+        if in_main:
+            saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            if in_main:
+                random.setstate(saved[0])
+                np.random.set_state(saved[1])
+                torch.set_rng_state(saved[2])
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    collate_fn: Callable | None = None,
+    pin_memory: bool = False,
+    persistent_workers: bool | None = None,
+    prefetch_factor: int | None = None,
+    distributed: bool | None = None,
+) -> DataLoader:
+    """A ``DataLoader`` over ``dataset`` that the :class:`~mlcore.trainer.Trainer` can resume exactly.
+
+    Under ``torchrun`` (``distributed=None`` detects it) each rank gets its shard; ``batch_size``
+    is then the per-rank micro-batch.
+    """
+    world = get_world_size() if distributed in (None, True) else 1
+    sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed,  # type: ignore[arg-type]
+                               num_replicas=world, rank=get_rank() if world > 1 else 0)
+    kwargs: dict[str, Any] = {}
+    if num_workers > 0:
+        kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
+        if prefetch_factor is not None:
+            kwargs["prefetch_factor"] = prefetch_factor
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        # A private generator: creating an iterator draws the workers' base seed from it, not from
+        # the global torch RNG, so starting an epoch (or resuming mid-epoch) leaves model RNG alone.
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )
+
+
+def find_resumable_sampler(loader: DataLoader) -> ResumableSampler | None:
+    """The loader's :class:`ResumableSampler`, if it was built by :func:`make_loader`."""
+    sampler = getattr(loader, "sampler", None)
+    return sampler if isinstance(sampler, ResumableSampler) else None

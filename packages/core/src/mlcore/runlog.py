@@ -1,0 +1,102 @@
+"""The run directory: config.yaml, metrics.jsonl, summary.json, TensorBoard events, train.log.
+
+Only the main process (rank 0) writes; other ranks get a logger whose writes are no-ops.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("mlcore")
+
+
+def setup_logging(level: int = logging.INFO, log_file: Path | None = None) -> None:
+    """Configure the ``mlcore`` and root loggers once: stderr plus an optional file."""
+    root = logging.getLogger()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    if not any(getattr(h, "_mlcore", False) for h in root.handlers):
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(fmt)
+        h._mlcore = True  # type: ignore[attr-defined]
+        root.addHandler(h)
+        root.setLevel(level)
+    if log_file is not None and not any(getattr(h, "baseFilename", None) == str(log_file) for h in root.handlers):
+        fh = logging.FileHandler(log_file)
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON through a temp file + ``os.replace``."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(_jsonable(obj), f, indent=2)
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Writes the run directory contract of DESIGN.md (main process only when ``enabled``)."""
+
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self._tb = None
+        if enabled:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            setup_logging(log_file=self.run_dir / "train.log")
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        if self.enabled:
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(_jsonable(config), sort_keys=False))
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """Append one JSON object to metrics.jsonl and the numbers to TensorBoard."""
+        if not self.enabled:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_jsonable(row)) + "\n")
+        if self._tb is not None:
+            split = row.get("split", "train")
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("epoch", "step", "time"):
+                    self._tb.add_scalar(f"{split}/{k}", v, row.get("step", 0))
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self._tb is not None:
+            self._tb.add_scalar(tag, value, step)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.enabled:
+            write_json_atomic(self.run_dir / "summary.json", summary)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,528 @@
+"""The one training loop every domain package rides on.
+
+A domain supplies a model, loaders, a ``training_step(model, batch) -> loss | {"loss": ..., ...}``
+callable, metric objects and (optionally) an optimizer factory; :class:`Trainer` does the rest:
+gradient accumulation with window-normalised losses, autocast and gradient scaling via the
+:class:`~mlcore.devices.DeviceStrategy`, OOM back-off, clipping, EMA, warmup + cosine schedules,
+evaluation under ``torch.inference_mode``, callbacks, atomic checkpoints with exact resume,
+profiling, TensorBoard/JSONL logging and DDP under ``torchrun``.
+
+Multi-stage training (freeze then finetune, curriculum phases) is a sequence of :meth:`Trainer.fit`
+calls with different ``stage`` names on one trainer and run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from mlcore.callbacks import BestCheckpoint, Callback, EarlyStopping
+from mlcore.checkpoint import (
+    atomic_save,
+    load_checkpoint,
+    model_state_dict,
+    resolve_resume_path,
+    unwrap_model,
+)
+from mlcore.config import TrainConfig
+from mlcore.data import find_resumable_sampler
+from mlcore.devices import DeviceStrategy, batch_size_of, build_strategy, map_tensors, split_batch
+from mlcore.distributed import (
+    all_reduce_sum,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+)
+from mlcore.metrics import Metric
+from mlcore.optim import build_optimizer
+from mlcore.profiling import StepProfiler
+from mlcore.runlog import RunLogger
+from mlcore.schedulers import build_scheduler, total_optimizer_steps
+from mlcore.seed import get_rng_state, seed_everything, set_deterministic, set_rng_state
+
+log = logging.getLogger("mlcore.trainer")
+
+StepFn = Callable[[torch.nn.Module, Any], "torch.Tensor | Mapping[str, Any]"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the last good checkpoint is left untouched."""
+
+
+def _as_outputs(out: torch.Tensor | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(out, torch.Tensor):
+        return {"loss": out}
+    if "loss" not in out:
+        raise KeyError("the step function must return a loss tensor or a mapping with a 'loss' entry")
+    return dict(out)
+
+
+class Trainer:
+    """Runs training and evaluation for any domain.
+
+    Args:
+        model: the ``nn.Module`` (moved to the device by the strategy).
+        config: a :class:`~mlcore.config.TrainConfig` (or a domain subclass).
+        training_step: ``f(model, batch) -> loss`` or ``{"loss": scalar, ...outputs}``; ``loss`` is
+            the mean over the micro-batch (the trainer rescales it to the accumulation window).
+        eval_step: like ``training_step`` for evaluation (default: ``training_step``). Its outputs
+            and the batch are passed to every metric's ``update``.
+        metrics: :class:`~mlcore.metrics.Metric` objects evaluated on every split.
+        optimizer_factory: ``f(model) -> Optimizer`` (default: AdamW/SGD from the config with no
+            weight decay on biases and norm layers).
+        callbacks: extra callbacks; early stopping and best checkpoints come from the config.
+        strategy: a :class:`~mlcore.devices.DeviceStrategy` (default: from ``--device/--precision``).
+        run_dir: where to write (default: ``config.out``).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: TrainConfig,
+        training_step: StepFn,
+        *,
+        eval_step: StepFn | None = None,
+        metrics: Sequence[Metric] = (),
+        optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
+        callbacks: Sequence[Callback] = (),
+        strategy: DeviceStrategy | None = None,
+        run_dir: str | Path | None = None,
+    ) -> None:
+        self.config = config
+        self.strategy = strategy or build_strategy(config.device, config.precision,
+                                                   channels_last=config.channels_last,
+                                                   empty_cache_every=config.empty_cache_every)
+        self.distributed = init_distributed(self.strategy.kind)
+        self.world_size = get_world_size()
+        if config.deterministic:
+            set_deterministic(True)
+        self.strategy.setup()
+        self.training_step = training_step
+        self.eval_step = eval_step or training_step
+        self.metrics = list(metrics)
+        self.optimizer_factory = optimizer_factory or (lambda m: build_optimizer(m, config))
+        self.run_dir = Path(run_dir or config.out)
+        self.logger = RunLogger(self.run_dir, enabled=is_main_process())
+        self.logger.write_config(config.to_dict())
+
+        self.raw_model = self.strategy.prepare_model(model)
+        self.model: torch.nn.Module = self.raw_model
+        if self.distributed:
+            ids = [self.strategy.device.index] if self.strategy.kind == "cuda" else None
+            self.model = DistributedDataParallel(self.raw_model, device_ids=ids)
+        if config.compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
+        self.ema: torch.optim.swa_utils.AveragedModel | None = None
+
+        self.callbacks: list[Callback] = list(callbacks)
+        if config.early_stopping_patience:
+            self.callbacks.append(EarlyStopping(config.monitor, config.monitor_mode,
+                                                config.early_stopping_patience, config.early_stopping_min_delta))
+        self.best_checkpoint = BestCheckpoint([(config.monitor, config.monitor_mode)])
+        self.callbacks.append(self.best_checkpoint)
+
+        self.epoch = 0
+        self.global_step = 0  # optimizer updates across all stages
+        self.stage = "main"
+        self.completed_stages: list[str] = []
+        self.history: list[dict[str, Any]] = []
+        self.should_stop = False
+        self.micro_split = 1  # OOM back-off: each loaded batch runs as this many micro-batches
+        self.oom_backoffs = 0
+        self._stop_signal = False
+        self._resume: dict[str, Any] | None = None
+        self._stats = {"samples": 0, "train_time": 0.0, "data_time": 0.0}
+        self._t0 = time.perf_counter()
+        if config.resume:
+            self._resume = load_checkpoint(resolve_resume_path(config.resume))
+            unwrap_model(self.raw_model).load_state_dict(self._resume["model"])
+            self.global_step = self._resume["global_step"]
+            self.completed_stages = list(self._resume["completed_stages"])
+            self.history = list(self._resume["history"])
+            for cb, state in zip(self.callbacks, self._resume["callbacks"], strict=False):
+                cb.load_state_dict(state)
+            log.info("resuming from %s (stage %s, epoch %d, step %d)", config.resume,
+                     self._resume["stage"], self._resume["epoch"], self.global_step)
+
+    # ------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        train_loader: DataLoader,
+        val_loader: DataLoader | None = None,
+        *,
+        stage: str = "main",
+        epochs: int | None = None,
+        config: TrainConfig | None = None,
+        optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
+    ) -> dict[str, Any]:
+        """Train for ``epochs`` (default ``config.epochs``) and return the summary dict.
+
+        Args:
+            stage: name of this training stage; a resumed run skips stages already completed
+                and continues the interrupted one exactly where it stopped.
+            config: per-stage overrides (lr, epochs, warmup, ...) for multi-stage training.
+
+        Raises:
+            NonFiniteLossError: the loss became NaN/inf (message names the optimizer step).
+        """
+        cfg = config or self.config
+        epochs = epochs if epochs is not None else cfg.epochs
+        self.stage, self.should_stop = stage, False
+        if stage in self.completed_stages:
+            log.info("stage %s already completed in the resumed run; skipping", stage)
+            return self._summary(cfg)
+        resume = self._resume if self._resume is not None and self._resume["stage"] == stage else None
+
+        accum = cfg.accum_steps
+        sampler = find_resumable_sampler(train_loader)
+        batches_per_epoch = self._batches_per_epoch(train_loader)
+        updates_per_epoch = math.ceil(batches_per_epoch / accum)
+        total_steps = total_optimizer_steps(batches_per_epoch, accum, epochs)
+        warmup = cfg.warmup_steps or round(cfg.warmup_epochs * updates_per_epoch)
+        optimizer = (optimizer_factory or self.optimizer_factory)(self.raw_model)
+        scheduler = build_scheduler(optimizer, name=cfg.scheduler, total_steps=total_steps, warmup_steps=warmup,
+                                    warmup_start_factor=cfg.warmup_start_factor, min_lr=cfg.min_lr,
+                                    step_size=cfg.step_size, gamma=cfg.gamma)
+        scaler = self.strategy.make_scaler()
+        if cfg.ema_decay:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                unwrap_model(self.raw_model),
+                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        stage_step, start_epoch, skip_batches = 0, 0, 0
+        if resume is not None:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            scaler.load_state_dict(resume["scaler"])
+            if self.ema is not None and resume.get("ema") is not None:
+                self.ema.load_state_dict(resume["ema"])
+            stage_step, start_epoch, skip_batches = resume["stage_step"], resume["epoch"], resume["batch_in_epoch"]
+            self.micro_split = resume.get("micro_split", 1)
+            set_rng_state(resume["rng"])
+        else:
+            seed_everything(cfg.seed + self.global_step)
+
+        self.logger.write_config(cfg.to_dict())
+        log.info("stage %s: %d epochs x %d updates (accum %d, micro-batch %d, world %d), warmup %d, device %s",
+                 stage, epochs, updates_per_epoch, accum, cfg.batch_size, self.world_size, warmup,
+                 self.strategy.describe())
+        self._resume = None
+        profiler = StepProfiler(self.run_dir / "profile") if cfg.profile and is_main_process() else None
+        prev_handler = self._install_sigterm()
+        ctx: dict[str, Any] = dict(optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
+        bar = tqdm(total=total_steps, initial=stage_step, desc=stage, disable=None if is_main_process() else True,
+                   dynamic_ncols=True, leave=False)
+        train_loss_sum, train_loss_n = (resume or {}).get("train_loss", (0.0, 0))
+        try:
+            for epoch in range(start_epoch, epochs):
+                self.epoch = epoch
+                batch_in_epoch = skip_batches if epoch == start_epoch else 0
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                    sampler.skip(batch_in_epoch * cfg.batch_size)
+                batches = iter(train_loader)
+                if sampler is None and batch_in_epoch:  # plain loader: fast-forward (not exact)
+                    for _ in range(batch_in_epoch):
+                        next(batches)
+                self.model.train()
+                for window, data_time in self._windows(batches, accum, batches_per_epoch - batch_in_epoch):
+                    t_step = time.perf_counter()
+                    loss = self._optimizer_step(window, optimizer, scaler, cfg)
+                    scheduler.step()
+                    if self.ema is not None:
+                        self.ema.update_parameters(unwrap_model(self.raw_model))
+                    stage_step += 1
+                    self.global_step += 1
+                    batch_in_epoch += len(window)
+                    self.strategy.after_step(self.global_step)
+                    n = sum(batch_size_of(b) for b in window) * self.world_size
+                    self._stats["samples"] += n
+                    self._stats["data_time"] += data_time
+                    self._stats["train_time"] += data_time + time.perf_counter() - t_step
+                    train_loss_sum, train_loss_n = train_loss_sum + loss, train_loss_n + 1
+                    ctx["train_loss"] = (train_loss_sum, train_loss_n)
+                    bar.update(1)
+                    if stage_step % cfg.log_every_steps == 0:
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                        self.logger.scalar("train/loss_step", loss, self.global_step)
+                        self.logger.scalar("train/lr", scheduler.get_last_lr()[0], self.global_step)
+                    if profiler is not None and profiler.step():
+                        profiler = None
+                    if cfg.eval_every_steps and stage_step % cfg.eval_every_steps == 0 and val_loader is not None:
+                        self._log_train(train_loss_sum, train_loss_n, scheduler)
+                        train_loss_sum, train_loss_n = 0.0, 0
+                        ctx["train_loss"] = (0.0, 0)
+                        self._evaluate_and_callbacks(val_loader)
+                        self.model.train()
+                    stop_now = (cfg.max_steps is not None and stage_step >= cfg.max_steps) or self._stop_signal
+                    if stop_now or (cfg.checkpoint_every_steps and stage_step % cfg.checkpoint_every_steps == 0):
+                        self._save_last(ctx, stage_step, epoch, batch_in_epoch)
+                    if stop_now:
+                        reason = "SIGTERM" if self._stop_signal else f"--max-steps {cfg.max_steps}"
+                        log.info("stopping at optimizer step %d (%s); resume with --resume %s",
+                                 self.global_step, reason, self.run_dir)
+                        return self._finish(cfg, completed=False)
+                self.epoch = epoch + 1
+                if train_loss_n:
+                    self._log_train(train_loss_sum, train_loss_n, scheduler)
+                    train_loss_sum, train_loss_n = 0.0, 0
+                    ctx["train_loss"] = (0.0, 0)
+                if val_loader is not None and (epoch + 1) % cfg.eval_every_epochs == 0:
+                    self._evaluate_and_callbacks(val_loader)
+                if self.should_stop or epoch + 1 == epochs:
+                    self.completed_stages.append(stage)
+                self._save_last(ctx, stage_step, epoch + 1, 0)
+                if self.should_stop:
+                    break
+            if stage not in self.completed_stages:
+                self.completed_stages.append(stage)
+            return self._finish(cfg, completed=True)
+        finally:
+            bar.close()
+            if profiler is not None:
+                profiler.close()
+            self._restore_sigterm(prev_handler)
+
+    # ------------------------------------------------------------------------------------------
+    def _windows(self, batches: Iterator[Any], accum: int, remaining: int) -> Iterator[tuple[list[Any], float]]:
+        """Group the epoch's remaining batches into accumulation windows (the last may be short).
+
+        Window boundaries are counted from the start of the epoch, so a run resumed after a full
+        window continues with the same windows as an uninterrupted run.
+        """
+        while remaining > 0:
+            size = min(accum, remaining)
+            t0 = time.perf_counter()
+            window = []
+            for _ in range(size):
+                try:
+                    window.append(next(batches))
+                except StopIteration:
+                    break
+            if not window:
+                return
+            remaining -= len(window)
+            yield window, time.perf_counter() - t0
+
+    def _optimizer_step(self, window: list[Any], optimizer, scaler, cfg: TrainConfig) -> float:
+        """Forward/backward every micro-batch of the window, then one optimizer update.
+
+        Each micro-batch loss (a mean over its n_i samples) is weighted by n_i / N with N the
+        window's sample count, so the accumulated gradient equals that of one batch of N samples.
+        On an out-of-memory error the window is retried with each batch split in two (half the
+        micro-batch, twice the accumulation: same effective batch).
+        """
+        window = [self.strategy.to_device(b) for b in window]
+        total = sum(batch_size_of(b) for b in window)
+        while True:
+            try:
+                optimizer.zero_grad(set_to_none=True)
+                loss_sum = torch.zeros((), device=self.strategy.device)
+                micro = [m for b in window for m in split_batch(b, self.micro_split)]
+                for i, mb in enumerate(micro):
+                    sync = i == len(micro) - 1
+                    no_sync = self.model.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
+                    with no_sync:
+                        with self.strategy.autocast():
+                            loss = _as_outputs(self.training_step(self.model, mb))["loss"]
+                        weighted = loss.float() * (batch_size_of(mb) / total)
+                        scaler.scale(weighted).backward()
+                    loss_sum += weighted.detach()
+                break
+            except Exception as exc:
+                if not self.strategy.is_oom(exc):
+                    raise
+                largest = max(batch_size_of(b) for b in window)
+                if self.micro_split >= largest:
+                    raise
+                optimizer.zero_grad(set_to_none=True)
+                self.strategy.free_memory()
+                self.micro_split *= 2
+                self.oom_backoffs += 1
+                log.warning("out of memory at optimizer step %d: micro-batch halved to ~%d, accumulation x%d "
+                            "(effective batch unchanged); retrying the step", self.global_step + 1,
+                            math.ceil(largest / self.micro_split), self.micro_split * cfg.accum_steps)
+        loss_value = float(loss_sum)
+        if self.distributed:
+            loss_value = float(all_reduce_sum(loss_sum.detach().reshape(1))) / self.world_size
+        if not math.isfinite(loss_value):
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss_value}) at optimizer step {self.global_step + 1} "
+                f"(epoch {self.epoch + 1}); last good checkpoint: {self.logger.ckpt_dir / 'last.pt'}")
+        if cfg.clip_grad_norm:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.clip_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss_value
+
+    # ------------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, loader: DataLoader, split: str = "val") -> dict[str, float]:
+        """Loss and every metric over the whole split (summed across ranks), as ``{name: float}``.
+
+        Uses the EMA weights when EMA is on. Runs under ``torch.inference_mode`` and autocast.
+        """
+        model = self.ema.module if self.ema is not None else self.model
+        was_training = model.training
+        model.eval()
+        mdev = self.strategy.metric_device
+        for m in self.metrics:
+            m.to(mdev).reset()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.strategy.device)
+        count = torch.zeros((), dtype=torch.float64, device=self.strategy.device)
+        for batch in tqdm(loader, desc=split, disable=None if is_main_process() else True, leave=False):
+            batch = self.strategy.to_device(batch)
+            with self.strategy.autocast():
+                out = _as_outputs(self.eval_step(model, batch))
+            n = batch_size_of(batch)
+            loss_sum += out["loss"].double() * n
+            count += n
+            if self.metrics:
+                out_m = map_tensors(out, lambda t: t.detach().to(mdev))
+                batch_m = map_tensors(batch, lambda t: t.to(mdev)) if mdev != self.strategy.device else batch
+                for m in self.metrics:
+                    m.update(out_m, batch_m)
+        loss_sum, count = all_reduce_sum(loss_sum), all_reduce_sum(count)
+        result = {"loss": float(loss_sum / count.clamp(min=1))}
+        for m in self.metrics:
+            if is_distributed():
+                m.sync(lambda t: all_reduce_sum(t.to(self.strategy.device)).to(mdev))
+            result.update(m.compute())
+        model.train(was_training)
+        return result
+
+    def _evaluate_and_callbacks(self, loader: DataLoader, split: str = "val") -> dict[str, float]:
+        result = self.evaluate(loader, split)
+        row = {"epoch": self.epoch, "step": self.global_step, "stage": self.stage, "split": split, **result,
+               "time": round(time.perf_counter() - self._t0, 3)}
+        self.history.append(row)
+        self.logger.log_metrics(row)
+        log.info("eval %s epoch %d step %d: %s", split, self.epoch, self.global_step,
+                 ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
+        flat = {f"{split}_{k}": v for k, v in result.items()}
+        for cb in self.callbacks:
+            cb.on_evaluate(self, flat)
+        return result
+
+    def _log_train(self, loss_sum: float, n: int, scheduler) -> None:
+        row = {"epoch": self.epoch, "step": self.global_step, "stage": self.stage, "split": "train",
+               "loss": loss_sum / max(1, n), "lr": scheduler.get_last_lr()[0],
+               "time": round(time.perf_counter() - self._t0, 3)}
+        self.history.append(row)
+        self.logger.log_metrics(row)
+
+    # ------------------------------------------------------------------------------------------
+    def _eval_weights(self) -> dict[str, torch.Tensor]:
+        if self.ema is not None:
+            return self.ema.module.state_dict()
+        return model_state_dict(self.raw_model)
+
+    def save_weights(self, name: str, extra: Mapping[str, Any] | None = None) -> Path | None:
+        """Write ``checkpoints/<name>`` with the evaluated weights (EMA if on) and the config only."""
+        if not is_main_process():
+            return None
+        obj = {"model": self._eval_weights(), "config": self.config.to_dict(), "epoch": self.epoch,
+               "step": self.global_step, "stage": self.stage, **(extra or {})}
+        return atomic_save(obj, self.logger.ckpt_dir / name)
+
+    def _save_last(self, ctx: dict[str, Any], stage_step: int, epoch: int, batch_in_epoch: int) -> None:
+        if not is_main_process():
+            return
+        state = {
+            "model": model_state_dict(self.raw_model),
+            "optimizer": ctx["optimizer"].state_dict(),
+            "scheduler": ctx["scheduler"].state_dict(),
+            "scaler": ctx["scaler"].state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "stage": self.stage,
+            "completed_stages": list(self.completed_stages),
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "stage_step": stage_step,
+            "global_step": self.global_step,
+            "micro_split": self.micro_split,
+            "rng": get_rng_state(),
+            "sampler": {"epoch": epoch, "start_batch": batch_in_epoch},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "best": self.best_checkpoint.best,
+            "history": self.history,
+            "train_loss": ctx.get("train_loss", (0.0, 0)),
+            "config": ctx["cfg"].to_dict(),
+        }
+        atomic_save(state, self.logger.ckpt_dir / "last.pt")
+
+    # ------------------------------------------------------------------------------------------
+    def _batches_per_epoch(self, loader: DataLoader) -> int:
+        sampler = find_resumable_sampler(loader)
+        if sampler is None:
+            return len(loader)
+        n = sampler.per_replica
+        return n // loader.batch_size if loader.drop_last else math.ceil(n / loader.batch_size)
+
+    def _summary(self, cfg: TrainConfig, completed: bool = True) -> dict[str, Any]:
+        train_time = self._stats["train_time"]
+        evals = [r for r in self.history if r["split"] != "train"]
+        return {
+            "completed": completed,
+            "stage": self.stage,
+            "completed_stages": self.completed_stages,
+            "epochs": self.epoch,
+            "steps": self.global_step,
+            "best": self.best_checkpoint.best,
+            "final": evals[-1] if evals else None,
+            "wall_time_s": round(time.perf_counter() - self._t0, 3),
+            "train_time_s": round(train_time, 3),
+            "samples_per_s": round(self._stats["samples"] / train_time, 3) if train_time else None,
+            "data_wait_fraction": round(self._stats["data_time"] / train_time, 4) if train_time else None,
+            "effective_batch": cfg.batch_size * cfg.accum_steps * self.world_size,
+            "micro_batch": math.ceil(cfg.batch_size / self.micro_split),
+            "accum_steps": cfg.accum_steps * self.micro_split,
+            "oom_backoffs": self.oom_backoffs,
+            "world_size": self.world_size,
+            **self.strategy.describe(),
+            "peak_memory_mb": self.strategy.peak_memory_mb(),
+        }
+
+    def _finish(self, cfg: TrainConfig, completed: bool) -> dict[str, Any]:
+        summary = self._summary(cfg, completed)
+        self.logger.write_summary(summary)
+        return summary
+
+    def close(self) -> None:
+        """Flush TensorBoard and release the process group."""
+        self.logger.close()
+
+    def _install_sigterm(self):
+        if threading.current_thread() is not threading.main_thread() or sys.platform == "win32":
+            return None
+
+        def handler(signum, frame):  # finish the current optimizer step, save last.pt, stop
+            self._stop_signal = True
+
+        return signal.signal(signal.SIGTERM, handler)
+
+    @staticmethod
+    def _restore_sigterm(prev) -> None:
+        if prev is not None:
+            signal.signal(signal.SIGTERM, prev)
+
+
+def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """A copy of ``config`` with some fields changed (per-stage configs for multi-stage runs)."""
+    return replace(config, **changes)
