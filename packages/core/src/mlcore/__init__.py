@@ -21,11 +21,16 @@ MPS_ENV_DEFAULTS = {
 }
 
 
+ENVIRONMENT_CONFIGURED = False
+
+
 def configure_environment(platform: str = sys.platform) -> dict[str, str]:
     """Set the MPS allocator/fallback variables (macOS only) unless the user already set them.
 
     Returns the variables this call set.
     """
+    global ENVIRONMENT_CONFIGURED
+    ENVIRONMENT_CONFIGURED = True
     applied: dict[str, str] = {}
     if platform == "darwin":
         for key, value in MPS_ENV_DEFAULTS.items():

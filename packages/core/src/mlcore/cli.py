@@ -153,7 +153,9 @@ def parse_config(config_cls: type[C], argv: Sequence[str] | None = None, *, prog
             raise ConfigError(str(exc)) from exc
         saved = ckpt.parent.parent / "config.yaml"
         if saved.is_file():
-            values = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k != "resume"}
+            # resume and max_steps are about one invocation (where to stop), not the run itself
+            values = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items()
+                      if k not in ("resume", "max_steps")}
             config = _apply(config, values, str(saved))
     config = _apply(config, args, "command line")
     config.validate()

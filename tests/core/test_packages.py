@@ -1,0 +1,26 @@
+"""Each package imports on its own, without pulling in another domain package."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+DOMAINS = ["hairseg", "foodrec", "plantid", "roofseg", "videogen"]
+PACKAGES = ["mlcore"] + [d for d in DOMAINS if importlib.util.find_spec(d) is not None]
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_alone(package):
+    code = (f"import sys, json, {package}; "
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {DOMAINS!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
+    assert loaded <= {package}, f"{package} imported other domain packages: {loaded - {package}}"
+
+
+def test_hairseg_is_installed():
+    assert "hairseg" in PACKAGES
