@@ -22,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from hairseg.data import HairSegDataset, find_samples
 from tqdm import tqdm
+
+from hairseg.data import HairSegDataset, find_samples
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+
 from mlcore.datacli import make_data_main
 from mlcore.download import DatasetSpec, DownloadError, RemoteFile, download_dataset, download_file
 

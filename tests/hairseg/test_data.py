@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from hairseg import data
 from hairseg.data import (
     IMAGENET_MEAN,
@@ -22,7 +24,6 @@ from hairseg.data import (
     load_mask,
     preprocess_image,
 )
-from PIL import Image
 
 
 # --------------------------------------------------------------------------------------------- fixtures

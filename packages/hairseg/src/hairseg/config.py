@@ -12,9 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlcore.config import ConfigError, TrainConfig, opt
-
 from hairseg.models import ENCODERS
+from mlcore.config import ConfigError, TrainConfig, opt
 
 
 def default_data() -> str | None:

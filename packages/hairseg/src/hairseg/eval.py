@@ -22,13 +22,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 import mlcore  # noqa: F401  (allocator environment before torch initialises a device)
-from mlcore.checkpoint import CheckpointError, load_checkpoint
-from mlcore.cli import run_cli
-from mlcore.config import ConfigError
-
 from hairseg.data import DataError, HairSample, find_samples, load_image, load_mask
 from hairseg.metrics import HairSegMetrics, verdict
 from hairseg.viz import overlay
+from mlcore.checkpoint import CheckpointError, load_checkpoint
+from mlcore.cli import run_cli
+from mlcore.config import ConfigError
 
 
 def evaluate_predictor(predictor: Any, samples: Sequence[HairSample], *, out_dir: Path | None = None,

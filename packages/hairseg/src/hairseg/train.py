@@ -14,15 +14,14 @@ from typing import Any
 import torch
 
 import mlcore  # noqa: F401  (sets allocator environment variables before torch initialises a device)
-from mlcore import Trainer, make_loader
-from mlcore.cli import parse_config, run_cli
-from mlcore.seed import seed_everything
-
 from hairseg.config import HairSegConfig
 from hairseg.data import DataError, HairSegDataset, find_samples
 from hairseg.losses import BceDiceLoss
 from hairseg.metrics import HairSegMetrics, verdict
 from hairseg.models import build_model
+from mlcore import Trainer, make_loader
+from mlcore.cli import parse_config, run_cli
+from mlcore.seed import seed_everything
 
 log = logging.getLogger("hairseg.train")
 
