@@ -30,10 +30,17 @@ def _image_batch(n: int, size: int = 128, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(autouse=True)
-def _quiet_tracer_warnings():
+def _quiet_single_threaded():
+    """Silence tracer warnings; run single-threaded: these tiny inputs gain nothing from intra-op
+    threads, and on a busy 2-core machine OpenMP spin-waiting makes them ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy (dynamo=False) ONNX exporter
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script/trace are deprecated in torch 2.x
         yield
+    torch.set_num_threads(threads)
 
 
 def test_encoders_and_parameter_counts():
@@ -120,7 +127,9 @@ def test_freeze_encoder_keeps_encoder_fixed_in_train_mode():
     assert not model.encoder.training and model.decoder.training
     assert all(not m.training for m in model.encoder.modules())
     assert all(not p.requires_grad for p in model.encoder.parameters())
-    assert count_parameters(model, trainable_only=True) == count_parameters(model) - count_parameters(model.encoder)
+    assert count_parameters(model, trainable_only=True) == count_parameters(model) - count_parameters(
+        model.encoder
+    )
     before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     out = model(_image_batch(2, 64))
     out.mean().backward()
@@ -162,14 +171,21 @@ def test_torchscript_script_and_trace_match_eager(encoder):
             assert torch.allclose(traced(inp), ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize(("encoder", "encoder_weights"), [("mobilenet_v2", None), ("efficientnet-lite0", "offline")])
+@pytest.mark.parametrize(
+    ("encoder", "encoder_weights"), [("mobilenet_v2", None), ("efficientnet-lite0", "offline")]
+)
 def test_onnx_export_matches_eager(encoder, encoder_weights):
     torch.manual_seed(0)
     model = build_model(encoder, encoder_weights=encoder_weights).eval()
     buf = io.BytesIO()
     torch.onnx.export(
-        model, (_image_batch(1),), buf, dynamo=False, opset_version=17,
-        input_names=["image"], output_names=["logits"],
+        model,
+        (_image_batch(1),),
+        buf,
+        dynamo=False,
+        opset_version=17,
+        input_names=["image"],
+        output_names=["logits"],
         dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
     )
     session = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])

@@ -90,7 +90,9 @@ class MediaPipeSegmenter:
             raise RuntimeError("MediaPipeSegmenter is closed")
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"image: expected (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
+            raise ValueError(
+                f"image: expected (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}"
+            )
         mp_image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
         result = self._segmenter.segment(mp_image)
         masks = result.confidence_masks or []

@@ -29,7 +29,9 @@ class BceDiceLoss(torch.nn.Module):
         ValueError: negative weights, or ``logits`` and ``target`` shapes differ / are not ``(N, 1, H, W)``.
     """
 
-    def __init__(self, pos_weight: float | None = None, bce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+    def __init__(
+        self, pos_weight: float | None = None, bce_weight: float = 1.0, dice_weight: float = 1.0
+    ) -> None:
         super().__init__()
         if bce_weight < 0 or dice_weight < 0:
             raise ValueError(f"bce_weight and dice_weight must be >= 0, got {bce_weight}, {dice_weight}")

@@ -66,7 +66,9 @@ def verdict(iou: float) -> str:
     return "production"
 
 
-def _scores(tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor) -> dict[str, torch.Tensor]:
+def _scores(
+    tp: torch.Tensor, fp: torch.Tensor, fn: torch.Tensor, tn: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """IoU/F1/precision/recall of float64 stat tensors (any shape), smp formulas, zero_division=1."""
     out = {}
     for name, fn_score in _SCORES.items():
@@ -100,8 +102,10 @@ def binary_stats(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Ten
     p = torch.as_tensor(np.asarray(pred) if not isinstance(pred, torch.Tensor) else pred)
     t = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target)
     if p.ndim != 2 or p.shape != t.shape:
-        raise ValueError(f"binary_stats: expected pred and target of the same (H, W) shape, got {tuple(p.shape)} "
-                         f"and {tuple(t.shape)}")
+        raise ValueError(
+            f"binary_stats: expected pred and target of the same (H, W) shape, got {tuple(p.shape)} "
+            f"and {tuple(t.shape)}"
+        )
     p = (p != 0).long().view(1, 1, *p.shape)
     t = (t != 0).long().view(1, 1, *t.shape)
     tp, fp, fn, tn = (s.sum().to(torch.float64) for s in smp.metrics.get_stats(p, t, mode="binary"))

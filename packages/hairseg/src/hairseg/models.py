@@ -75,7 +75,9 @@ def build_model(
     if encoder not in _SMP_ENCODER:
         raise ValueError(f"encoder: expected one of {list(ENCODERS)}, got {encoder!r}")
     if encoder_weights is not None and encoder_weights not in ENCODER_WEIGHTS:
-        raise ValueError(f"encoder_weights: expected None or one of {list(ENCODER_WEIGHTS)}, got {encoder_weights!r}")
+        raise ValueError(
+            f"encoder_weights: expected None or one of {list(ENCODER_WEIGHTS)}, got {encoder_weights!r}"
+        )
     if encoder_weights == "offline" and encoder != "efficientnet-lite0":
         raise ValueError(
             f"encoder_weights='offline' is only available for 'efficientnet-lite0', got encoder {encoder!r}"
@@ -130,7 +132,9 @@ def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
                 state = obj[key]
                 break
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RuntimeError(f"{path}: expected a state_dict (or a dict with 'model'/'state_dict'), got {type(obj)}")
+        raise RuntimeError(
+            f"{path}: expected a state_dict (or a dict with 'model'/'state_dict'), got {type(obj)}"
+        )
     cleaned = {}
     for key, value in state.items():
         for prefix in ("module.", "_orig_mod."):
@@ -174,7 +178,9 @@ def map_state_dict_in_order(
         ValueError: different tensor counts, or a shape mismatch (naming both keys).
     """
     if len(source) != len(target_shapes):
-        raise ValueError(f"state dict has {len(source)} tensors, target architecture expects {len(target_shapes)}")
+        raise ValueError(
+            f"state dict has {len(source)} tensors, target architecture expects {len(target_shapes)}"
+        )
     mapped: dict[str, torch.Tensor] = {}
     for (src_key, tensor), (dst_key, shape) in zip(source.items(), target_shapes.items(), strict=True):
         if tuple(tensor.shape) != tuple(shape):

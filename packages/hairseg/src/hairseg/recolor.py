@@ -59,7 +59,9 @@ def resolve_color(color: str | tuple[int, int, int]) -> tuple[int, int, int]:
         return HAIR_COLORS[color]
     rgb = tuple(color)
     if len(rgb) != 3 or not all(isinstance(c, int | np.integer) and 0 <= int(c) <= 255 for c in rgb):
-        raise ValueError(f"colour: expected a palette name or an (R, G, B) tuple of ints 0..255, got {color!r}")
+        raise ValueError(
+            f"colour: expected a palette name or an (R, G, B) tuple of ints 0..255, got {color!r}"
+        )
     return (int(rgb[0]), int(rgb[1]), int(rgb[2]))
 
 
@@ -105,7 +107,9 @@ def postprocess_mask(
     """
     prob = np.asarray(prob)
     if prob.ndim != 2 or prob.size == 0 or not np.issubdtype(prob.dtype, np.floating):
-        raise ValueError(f"prob: expected a non-empty (h, w) float array, got shape {prob.shape} dtype {prob.dtype}")
+        raise ValueError(
+            f"prob: expected a non-empty (h, w) float array, got shape {prob.shape} dtype {prob.dtype}"
+        )
     if not np.isfinite(prob).all() or prob.min() < 0.0 or prob.max() > 1.0:
         raise ValueError(f"prob: expected values in [0, 1], got range [{prob.min()}, {prob.max()}]")
     if len(out_size) != 2 or min(int(out_size[0]), int(out_size[1])) <= 0:
@@ -122,7 +126,10 @@ def postprocess_mask(
     if feather_px > 0:
         ksize = 2 * math.ceil(3.0 * feather_px) + 1
         soft = cv2.GaussianBlur(
-            binary.astype(np.float32), (ksize, ksize), sigmaX=feather_px, sigmaY=feather_px,
+            binary.astype(np.float32),
+            (ksize, ksize),
+            sigmaX=feather_px,
+            sigmaY=feather_px,
             borderType=cv2.BORDER_REPLICATE,
         )
     else:
