@@ -82,7 +82,7 @@ def load_preset(name_or_path: str, package: str | None) -> dict[str, Any]:
     return data
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (no usage block) and exit code 2."""
 
     def error(self, message: str) -> typing.NoReturn:
@@ -97,7 +97,7 @@ def build_parser(config_cls: type[C], prog: str, description: str = "", presets_
     text still shows each field's default.
     """
     presets = list_presets(presets_package)
-    parser = _Parser(prog=prog, description=description,
+    parser = ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                      argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="NAME_OR_YAML",
@@ -166,13 +166,15 @@ def run_cli(main: Callable[[], int | None], *, prog: str,
             user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``main`` turning user errors into one line on stderr and a non-zero exit code.
 
-    ``ConfigError`` exits 2 (bad flags or config); ``user_errors`` (e.g. a domain's data error),
+    ``ConfigError`` and argparse errors exit 2 (bad flags or config); ``user_errors`` (e.g. a domain's data error),
     ``FileNotFoundError`` and ``CheckpointError`` exit 1. Other exceptions propagate with their
     traceback (they are bugs).
     """
     setup_logging(logging.INFO)
     try:
         return int(main() or 0)
+    except SystemExit as exc:  # argparse: --help (0) or a one-line flag error (2), already printed
+        return exc.code if isinstance(exc.code, int) else 1
     except ConfigError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -19,12 +19,24 @@ import yaml
 log = logging.getLogger("mlcore")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (pytest and notebooks swap it between calls)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO, log_file: Path | None = None) -> None:
     """Configure the ``mlcore`` and root loggers once: stderr plus an optional file."""
     root = logging.getLogger()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     if not any(getattr(h, "_mlcore", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(fmt)
         h._mlcore = True  # type: ignore[attr-defined]
         root.addHandler(h)
@@ -47,12 +59,25 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON through a temp file + ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2)
-    os.replace(tmp, path)
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON through a temp file + fsync + ``os.replace`` (atomic).
+
+    Non-finite floats are written as strings (``"nan"``), since JSON has no NaN.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(obj), f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class RunLogger:

@@ -26,7 +26,7 @@ from hairseg.data import DataError, HairSample, find_samples, load_image, load_m
 from hairseg.metrics import HairSegMetrics, verdict
 from hairseg.viz import overlay
 from mlcore.checkpoint import CheckpointError, load_checkpoint
-from mlcore.cli import run_cli
+from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 
 
@@ -76,7 +76,7 @@ def evaluate_predictor(predictor: Any, samples: Sequence[HairSample], *, out_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hairseg-eval", description=__doc__.splitlines()[0],
+    p = ArgumentParser(prog="hairseg-eval", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", help="mlcore checkpoint (.pt), TorchScript (.pt) or ONNX (.onnx) file")
     p.add_argument("--model", choices=("checkpoint", "mediapipe"), default="checkpoint",

@@ -1,0 +1,477 @@
+"""One predictor interface for every model format, and ``segment_hair`` (the plan's ``core/segmenter.py``).
+
+Formats (:func:`load_predictor` tells them apart by content, not only by name):
+
+- mlcore checkpoint (``checkpoints/best_val_iou.pt`` / ``last.pt``): ``{"model": state_dict, "config":
+  {"encoder", "image_size", ...}}``; the U-Net is rebuilt with :func:`hairseg.models.build_model` and run
+  eagerly under ``torch.inference_mode`` (:class:`TorchPredictor`).
+- TorchScript archive (``hair_segmenter_vX.Y.pt``, a zip holding ``constants.pkl``) from ``hairseg-export``
+  (:class:`TorchScriptPredictor`).
+- ONNX (``*.onnx``) from ``hairseg-export``, run by ONNX Runtime's CPU execution provider
+  (:class:`OnnxPredictor`).
+
+Where the input size S comes from: every exported file carries its own metadata, so a file copied alone
+still runs. The checkpoint has it in ``config["image_size"]``; the TorchScript archive in an extra file
+``hairseg.json`` (``torch.jit.save(..., _extra_files=...)``); the ONNX model in ``metadata_props``. The
+metadata keys (:data:`METADATA_KEYS`) are ``image_size`` (px), ``mean``/``std`` (ImageNet, RGB order),
+``encoder`` and ``version``. ``image_size=`` overrides S for files without metadata.
+
+Every predictor maps an ``(H, W, 3) uint8`` RGB photo to an ``(H, W) float32`` hair probability: the photo
+is resized to ``S x S`` and ImageNet-normalised exactly as in training (:func:`hairseg.data.preprocess_image`),
+the network gives ``(1, 1, S, S)`` logits, then ``sigmoid`` and a bilinear resize back to ``(H, W)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+import torch
+
+from hairseg.data import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
+from hairseg.recolor import postprocess_mask
+
+METADATA_KEYS: tuple[str, ...] = ("image_size", "mean", "std", "encoder", "version")
+"""Keys of the metadata stored in exported files (TorchScript ``hairseg.json``, ONNX ``metadata_props``)."""
+
+TORCHSCRIPT_METADATA_FILE = "hairseg.json"
+"""Name of the extra file inside a TorchScript archive that holds the metadata as JSON."""
+
+FORMATS_HELP = (
+    "an ONNX file (*.onnx), a TorchScript archive from hairseg-export, or an mlcore checkpoint "
+    "({'model': state_dict, 'config': {'encoder', 'image_size'}})"
+)
+
+ENV_MODEL = "HAIRSEG_MODEL"
+"""Environment variable: a model file (any format of :func:`load_predictor`) for :func:`segment_hair`."""
+
+ENV_REGISTRY = "HAIRSEG_REGISTRY"
+"""Environment variable: a ``model_registry.json``; :func:`segment_hair` uses its newest entry."""
+
+
+class ModelFormatError(ValueError):
+    """A model file exists but is not one of the accepted formats, or lacks what is needed to run it."""
+
+
+class ModelNotConfiguredError(LookupError):
+    """:func:`segment_hair` got no model and found none through ``HAIRSEG_MODEL`` / ``HAIRSEG_REGISTRY``."""
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Anything that maps a photo to a hair probability at the photo's own size.
+
+    ``hairseg.baseline.MediaPipeSegmenter`` fits this shape too (it has ``predict_proba``), so the
+    zero-train baseline plugs into :func:`segment_hair` unchanged.
+    """
+
+    name: str
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3) uint8`` RGB -> ``(H, W) float32`` hair probability in [0, 1]."""
+        ...
+
+
+@contextmanager
+def quiet_torchscript_warnings() -> Iterator[None]:
+    """Silence the ``FutureWarning`` that torch >= 2.10 raises on every ``torch.jit.*`` call.
+
+    TorchScript is deprecated upstream, but it is the plan's production format and still works.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        yield
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Elementwise logistic function of a float array, float32, without overflow warnings."""
+    return torch.sigmoid(torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))).numpy()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception message (torch/onnxruntime messages span many lines)."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
+def _check_stats(meta: Mapping[str, Any], path: Path) -> None:
+    for key, expected in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+        value = meta.get(key)
+        if value is not None and not np.allclose(np.asarray(value, dtype=np.float64), expected, atol=1e-6):
+            raise ModelFormatError(
+                f"{path}: metadata {key}={list(value)} differs from the ImageNet {key} {list(expected)} "
+                "that hairseg's preprocessing applies"
+            )
+
+
+class _ModelPredictor:
+    """Shared resize -> network -> sigmoid -> resize-back path. Subclasses implement :meth:`predict_logits`."""
+
+    name: str
+    path: Path
+    image_size: int
+    metadata: dict[str, Any]
+
+    def _set_size(self, meta: Mapping[str, Any], image_size: int | None) -> None:
+        size = image_size if image_size is not None else meta.get("image_size")
+        if size is None:
+            raise ModelFormatError(
+                f"{self.path}: no image_size in its metadata; export it with hairseg-export or pass image_size="
+            )
+        size = int(size)
+        if size <= 0 or size % 32:
+            raise ModelFormatError(f"{self.path}: image_size must be a positive multiple of 32 px, got {size}")
+        _check_stats(meta, self.path)
+        self.image_size = size
+        self.metadata = {**meta, "image_size": size}
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, 3, S, S) float32`` ImageNet-normalised -> ``(N, 1, S, S) float32`` logits."""
+        raise NotImplementedError
+
+    def predict_proba(self, image: np.ndarray) -> np.ndarray:
+        """Hair probability of one photo.
+
+        Args:
+            image: ``(H, W, 3) uint8`` RGB photo, any size.
+
+        Returns:
+            ``(H, W) float32`` in [0, 1]: ``sigmoid(logits)`` at ``S x S``, resized bilinearly to ``(H, W)``.
+
+        Raises:
+            ValueError: ``image`` is not an ``(H, W, 3) uint8`` array.
+        """
+        batch = preprocess_image(image, self.image_size).numpy()
+        prob = sigmoid(self.predict_logits(batch)[0, 0])
+        height, width = image.shape[:2]
+        if (height, width) != prob.shape:
+            prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
+        return np.clip(prob, 0.0, 1.0, out=prob)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, image_size={self.image_size})"
+
+
+class TorchPredictor(_ModelPredictor):
+    """Eager PyTorch U-Net from an mlcore checkpoint (``{"model": state_dict, "config": {...}}``).
+
+    Runs under ``torch.inference_mode``; on CPU in ``channels_last`` memory format.
+
+    Args:
+        path: the checkpoint file (``best_val_iou.pt`` or ``last.pt``; ``last.pt`` holds the raw, not the
+            EMA, weights).
+        device: torch device string (``"cpu"``, ``"cuda"``...).
+        image_size: S in px; default ``config["image_size"]``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ModelFormatError: not a readable checkpoint dict, no ``config["encoder"]``/``image_size``,
+            or weights that do not fit the encoder's U-Net.
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", image_size: int | None = None) -> None:
+        from hairseg.models import ENCODERS, build_model
+        from mlcore.checkpoint import CheckpointError, load_checkpoint
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file not found: {self.path}")
+        try:
+            ckpt = load_checkpoint(self.path)
+        except CheckpointError as exc:
+            cause = exc.__cause__ or exc
+            raise ModelFormatError(f"{self.path}: not a readable model file ({type(cause).__name__}: "
+                                   f"{_first_line(cause)}); expected {FORMATS_HELP}") from exc
+        config = ckpt.get("config")
+        if not isinstance(ckpt.get("model"), Mapping) or not isinstance(config, Mapping):
+            raise ModelFormatError(
+                f"{self.path}: checkpoint has no 'model' state dict or no 'config' (keys: {sorted(ckpt)}); "
+                f"expected {FORMATS_HELP}"
+            )
+        encoder = config.get("encoder")
+        if encoder not in ENCODERS:
+            raise ModelFormatError(f"{self.path}: config['encoder'] must be one of {list(ENCODERS)}, got {encoder!r}")
+        self._set_size({"image_size": config.get("image_size"), "encoder": encoder}, image_size)
+        self.config = dict(config)
+        self.checkpoint_info = {k: ckpt[k] for k in ("metric", "value", "metrics", "epoch", "step", "global_step")
+                                if k in ckpt}
+        try:
+            # build_model(weights=...) strips DDP/torch.compile prefixes and loads strictly.
+            self.model = build_model(encoder, weights=self.path).eval()
+        except RuntimeError as exc:
+            raise ModelFormatError(_first_line(exc)) from exc
+        self.device = torch.device(device)
+        # channels_last on CPU: 1.02-1.05x on an idle CPU, 1.5-1.9x with the cores oversubscribed
+        # (bench/hairseg_latency.py); same logits up to float rounding.
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model.to(self.device, memory_format=self.memory_format)
+        self.name = f"torch:{self.path.name}"
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, 3, S, S) float32`` ImageNet-normalised -> ``(N, 1, S, S) float32`` logits (eager)."""
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
+        with torch.inference_mode():
+            out = self.model(x.contiguous(memory_format=self.memory_format))
+        return out.float().contiguous().cpu().numpy()
+
+
+def read_torchscript_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``hairseg.json`` metadata inside a TorchScript archive, ``{}`` when it has none."""
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.endswith(f"/extra/{TORCHSCRIPT_METADATA_FILE}")]
+        return json.loads(archive.read(names[0])) if names else {}
+
+
+class TorchScriptPredictor(_ModelPredictor):
+    """A TorchScript archive (``torch.jit.load``) from ``hairseg-export``.
+
+    The loaded module is frozen with ``torch.jit.freeze``; ``frozen`` says whether that worked.
+
+    Args:
+        path: the ``.pt`` archive.
+        device: torch device string; the archive is mapped onto it.
+        image_size: S in px; default the archive's ``hairseg.json`` metadata.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ModelFormatError: not a loadable TorchScript archive, or no image size known.
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", image_size: int | None = None) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file not found: {self.path}")
+        self.device = torch.device(device)
+        try:
+            with quiet_torchscript_warnings():
+                self.module = torch.jit.load(str(self.path), map_location=self.device).eval()
+            meta = read_torchscript_metadata(self.path)
+        except (RuntimeError, zipfile.BadZipFile, ValueError) as exc:
+            raise ModelFormatError(f"{self.path}: not a loadable TorchScript archive ({_first_line(exc)}); "
+                                   f"expected {FORMATS_HELP}") from exc
+        self._set_size(meta, image_size)
+        self.frozen = False
+        try:
+            # torch.jit.freeze (attributes inlined as constants, conv+BN folded): 1.07-1.46x faster on CPU in
+            # bench/hairseg_latency.py, same logits up to float rounding. optimize_for_inference (MKLDNN) was
+            # slower than freeze alone there, so it is not used. Done at load: the file stays unfrozen.
+            with quiet_torchscript_warnings():
+                self.module = torch.jit.freeze(self.module)
+            self.frozen = True
+        except RuntimeError:  # e.g. an archive that was saved frozen already
+            pass
+        self.name = f"torchscript:{self.path.name}"
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, 3, S, S) float32`` ImageNet-normalised -> ``(N, 1, S, S) float32`` logits."""
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
+        return out.float().cpu().numpy()
+
+
+def read_onnx_metadata(model: Any) -> dict[str, Any]:
+    """``metadata_props`` of an ``onnx.ModelProto`` or ``ort.InferenceSession`` as a dict.
+
+    Values written by ``hairseg-export`` are JSON (``"384"``, ``"[0.485, 0.456, 0.406]"``) and are decoded;
+    other strings are returned as they are.
+    """
+    if hasattr(model, "get_modelmeta"):
+        props = dict(model.get_modelmeta().custom_metadata_map)
+    else:
+        props = {p.key: p.value for p in model.metadata_props}
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+class OnnxPredictor(_ModelPredictor):
+    """An ONNX model run by ONNX Runtime (``CPUExecutionProvider``; CUDA first when ``device`` is cuda and
+    onnxruntime-gpu is installed).
+
+    Threads: ``intra_op_num_threads`` is left at ONNX Runtime's default (one per physical core); graph
+    optimisation at ``ORT_ENABLE_ALL`` (also its default).
+
+    Args:
+        path: the ``.onnx`` file; input ``image`` ``(N, 3, S, S)``, output ``logits`` ``(N, 1, S, S)``.
+        device: ``"cpu"`` or ``"cuda[:k]"``.
+        image_size: S in px; default the ``image_size`` metadata prop, else a static input shape.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ModelFormatError: ONNX Runtime cannot load it, or no image size known.
+    """
+
+    def __init__(self, path: str | Path, *, device: str = "cpu", image_size: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"model file not found: {self.path}")
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own (non-exported) exception types
+            raise ModelFormatError(f"{self.path}: ONNX Runtime cannot load it ({type(exc).__name__}: {_first_line(exc)}); "
+                                   f"expected {FORMATS_HELP}") from exc
+        meta = read_onnx_metadata(self.session)
+        inp = self.session.get_inputs()[0]
+        self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
+        if "image_size" not in meta and len(inp.shape) == 4 and isinstance(inp.shape[2], int):
+            meta["image_size"] = inp.shape[2]
+        self._set_size(meta, image_size)
+        self.name = f"onnx:{self.path.name}"
+
+    def predict_logits(self, batch: np.ndarray) -> np.ndarray:
+        """``(N, 3, S, S) float32`` ImageNet-normalised -> ``(N, 1, S, S) float32`` logits."""
+        feed = {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return self.session.run([self.output_name], feed)[0]
+
+
+def detect_format(path: str | Path) -> str:
+    """``"onnx"``, ``"torchscript"`` or ``"checkpoint"`` for a model file, by content where it can.
+
+    ``.onnx`` suffix -> ``"onnx"`` (an ONNX protobuf has no reliable magic bytes); a zip whose entries include ``<archive>/constants.pkl`` -> ``"torchscript"`` (a
+    ``torch.save`` zip has ``data.pkl`` but no ``constants.pkl``); anything else -> ``"checkpoint"``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message names it and the accepted formats).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path} (expected {FORMATS_HELP})")
+    if path.suffix.lower() == ".onnx":
+        return "onnx"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in archive.namelist()):
+                return "torchscript"
+    return "checkpoint"
+
+
+_PREDICTORS: dict[str, type[_ModelPredictor]] = {
+    "onnx": OnnxPredictor,
+    "torchscript": TorchScriptPredictor,
+    "checkpoint": TorchPredictor,
+}
+
+
+def load_predictor(model: str | Path, *, device: str = "cpu", image_size: int | None = None) -> Predictor:
+    """Load any supported model file as a :class:`Predictor` (see the module docstring for the formats).
+
+    Args:
+        model: path of an ONNX file, a TorchScript archive or an mlcore checkpoint.
+        device: ``"cpu"`` (default) or a CUDA device.
+        image_size: override of the input size S in px (for files without hairseg metadata).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ModelFormatError: (a ``ValueError``) the file is none of the accepted formats; the message names
+            the file and the formats.
+    """
+    return _PREDICTORS[detect_format(model)](model, device=device, image_size=image_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(path: str, mtime_ns: int, size: int, device: str) -> Predictor:
+    return load_predictor(path, device=device)
+
+
+def cached_predictor(model: str | Path, *, device: str = "cpu") -> Predictor:
+    """:func:`load_predictor` memoised per (resolved path, device) — the plan's ``ModelCache``.
+
+    The key includes the file's modification time and size, so a re-exported file is reloaded. At most
+    8 predictors are kept (least recently used evicted). ``cached_predictor.cache_clear()`` empties it.
+
+    Raises:
+        FileNotFoundError, ModelFormatError: as :func:`load_predictor`.
+    """
+    path = Path(model).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path} (expected {FORMATS_HELP})")
+    stat = path.stat()
+    return _cached(str(path), stat.st_mtime_ns, stat.st_size, device)
+
+
+cached_predictor.cache_clear = _cached.cache_clear  # type: ignore[attr-defined]
+
+
+def default_model_path(fmt: str = "onnx") -> Path:
+    """The model :func:`segment_hair` uses when none is given.
+
+    ``$HAIRSEG_MODEL`` (a model file) wins; otherwise the newest entry (highest version) of the
+    ``model_registry.json`` named by ``$HAIRSEG_REGISTRY``, its ONNX file by default (``fmt="onnx"``, the
+    fastest CPU backend in ``bench/hairseg_latency.py``) or its TorchScript file (``fmt="torchscript"``).
+
+    Raises:
+        ModelNotConfiguredError: neither variable is set, or the registry has no entry.
+        RegistryError: the registry file is unreadable or malformed.
+    """
+    from hairseg.registry import latest_entry, model_file
+
+    env_model = os.environ.get(ENV_MODEL)
+    if env_model:
+        return Path(env_model).expanduser()
+    env_registry = os.environ.get(ENV_REGISTRY)
+    if env_registry:
+        registry = Path(env_registry).expanduser()
+        entry = latest_entry(registry)
+        if entry is None:
+            raise ModelNotConfiguredError(f"${ENV_REGISTRY}={registry}: the registry has no hair_segmenter entry; "
+                                          "add one with hairseg-export")
+        return model_file(registry, entry, fmt)
+    raise ModelNotConfiguredError(
+        f"no hair-segmentation model given: pass predictor=PATH (or a Predictor), set ${ENV_MODEL} to a "
+        f"model file ({FORMATS_HELP}), or set ${ENV_REGISTRY} to a model_registry.json written by hairseg-export"
+    )
+
+
+def segment_hair(
+    image: np.ndarray,
+    predictor: Predictor | str | Path | None = None,
+    **postprocess: Any,
+) -> np.ndarray:
+    """Hair alpha mask of one photo (the plan's ``core/segmenter.segment_hair``).
+
+    Args:
+        image: ``(H, W, 3) uint8`` RGB photo.
+        predictor: a :class:`Predictor` (anything with ``predict_proba``, e.g. ``MediaPipeSegmenter``), a
+            model file path (loaded once through :func:`cached_predictor`), or ``None`` for
+            :func:`default_model_path` (``$HAIRSEG_MODEL`` or the newest ``$HAIRSEG_REGISTRY`` entry).
+        **postprocess: keyword arguments of :func:`hairseg.recolor.postprocess_mask` (``threshold=0.5``,
+            ``feather_px=2.0`` px, ``guard_px=2`` px).
+
+    Returns:
+        ``(H, W) uint8`` alpha 0..255: thresholded probability, Gaussian-feathered edge, and 0 outside
+        the binary mask dilated by ``guard_px`` (anti-bleed).
+
+    Raises:
+        ValueError: ``image`` is not ``(H, W, 3) uint8``; bad post-processing parameters.
+        ModelNotConfiguredError: ``predictor`` is None and no model is configured.
+        FileNotFoundError, ModelFormatError: the model file is missing or of an unknown format.
+    """
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        got = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"segment_hair expects an (H, W, 3) uint8 RGB array, got {got}")
+    if predictor is None:
+        predictor = default_model_path()
+    if isinstance(predictor, str | Path):
+        predictor = cached_predictor(predictor)
+    prob = np.asarray(predictor.predict_proba(image), dtype=np.float32)
+    return postprocess_mask(prob, image.shape[:2], **postprocess)

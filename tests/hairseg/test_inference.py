@@ -1,0 +1,203 @@
+"""hairseg.inference: format detection, agreement of eager / TorchScript / ONNX predictors, segment_hair."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hairseg.data import find_samples, load_image, preprocess_image
+from hairseg.export import export_onnx, export_torchscript, metadata_for
+from hairseg.inference import (
+    ModelFormatError,
+    ModelNotConfiguredError,
+    OnnxPredictor,
+    Predictor,
+    TorchPredictor,
+    TorchScriptPredictor,
+    cached_predictor,
+    default_model_path,
+    detect_format,
+    load_predictor,
+    read_onnx_metadata,
+    read_torchscript_metadata,
+    segment_hair,
+)
+from hairseg.models import build_model
+from hairseg.recolor import postprocess_mask
+from hairseg.registry import append_entry
+
+SIZE = 64
+
+
+def write_tiny_models(folder: Path, photo: np.ndarray, encoder: str = "mobilenet_v2") -> dict[str, Path]:
+    """An untrained 64 px U-Net as checkpoint, TorchScript and ONNX files.
+
+    The head bias is shifted by the median logit on ``photo`` so that about half of the photo is "hair":
+    masks then have both classes and the guard-band checks mean something.
+    """
+    torch.manual_seed(0)
+    model = build_model(encoder).eval()
+    x = preprocess_image(photo, SIZE)
+    with torch.no_grad():
+        model.segmentation_head[0].bias -= model(x).median()
+    paths = {"checkpoint": folder / "tiny.pt", "torchscript": folder / "tiny_ts.pt", "onnx": folder / "tiny.onnx"}
+    torch.save({"model": model.state_dict(), "config": {"encoder": encoder, "image_size": SIZE}}, paths["checkpoint"])
+    meta = metadata_for(encoder, SIZE, "0.1")
+    export_torchscript(model, paths["torchscript"], meta, x)
+    export_onnx(model, paths["onnx"], meta, x)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def photo(figaro_root) -> np.ndarray:
+    """A real Figaro-1k photo, (512, 385, 3) uint8: not square, not a multiple of 32."""
+    return load_image(find_samples(figaro_root, "all")[0].image)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, photo) -> dict[str, Path]:
+    return write_tiny_models(tmp_path_factory.mktemp("tiny"), photo)
+
+
+def test_detects_all_three_formats_and_they_agree(tiny, photo):
+    classes = {"checkpoint": TorchPredictor, "torchscript": TorchScriptPredictor, "onnx": OnnxPredictor}
+    probs = {}
+    for fmt, path in tiny.items():
+        assert detect_format(path) == fmt
+        predictor = load_predictor(path)
+        assert type(predictor) is classes[fmt] and isinstance(predictor, Predictor)
+        assert predictor.image_size == SIZE and path.name in predictor.name
+        prob = predictor.predict_proba(photo)
+        assert prob.shape == photo.shape[:2] and prob.dtype == np.float32
+        assert 0.0 <= prob.min() and prob.max() <= 1.0
+        probs[fmt] = prob
+    for fmt in ("torchscript", "onnx"):
+        assert np.abs(probs[fmt] - probs["checkpoint"]).max() < 1e-4, fmt
+
+    # Reference written out: eager model at 64 px, sigmoid, bilinear resize back to the photo's size.
+    model = build_model("mobilenet_v2", weights=tiny["checkpoint"]).eval()
+    with torch.no_grad():
+        small = torch.sigmoid(model(preprocess_image(photo, SIZE)))[0, 0].numpy()
+    ref = cv2.resize(small, (photo.shape[1], photo.shape[0]), interpolation=cv2.INTER_LINEAR)
+    assert np.abs(probs["checkpoint"] - ref).max() < 1e-6
+    assert 0.2 < (ref >= 0.5).mean() < 0.8  # the median shift made both classes present
+
+
+def test_exported_files_carry_their_metadata(tiny):
+    import onnx
+
+    for meta in (read_torchscript_metadata(tiny["torchscript"]), read_onnx_metadata(onnx.load(str(tiny["onnx"])))):
+        assert meta["image_size"] == SIZE and meta["encoder"] == "mobilenet_v2"
+        assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406]) and meta["std"] == pytest.approx([0.229, 0.224, 0.225])
+    assert read_torchscript_metadata(tiny["checkpoint"]) == {}  # a torch.save zip has no extra file
+
+
+def test_batched_logits_match_across_backends(tiny):
+    g = torch.Generator().manual_seed(3)
+    batch = torch.randn(3, 3, SIZE, SIZE, generator=g).numpy()
+    outs = {fmt: load_predictor(path).predict_logits(batch) for fmt, path in tiny.items()}
+    for fmt in ("torchscript", "onnx"):
+        assert outs[fmt].shape == (3, 1, SIZE, SIZE)
+        assert np.abs(outs[fmt] - outs["checkpoint"]).max() < 1e-4
+
+
+def test_bad_files_raise_clear_errors(tmp_path, tiny):
+    missing = tmp_path / "nope.onnx"
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        load_predictor(missing)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text("not a model")
+    with pytest.raises(ModelFormatError, match=r"garbage\.pt.*ONNX file.*TorchScript.*mlcore checkpoint"):
+        load_predictor(garbage)
+    bad_onnx = tmp_path / "bad.onnx"
+    bad_onnx.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(ModelFormatError, match=r"bad\.onnx.*ONNX Runtime cannot load it"):
+        load_predictor(bad_onnx)
+    state = torch.load(tiny["checkpoint"], weights_only=True)["model"]
+    no_config = tmp_path / "no_config.pt"
+    torch.save({"model": state}, no_config)
+    with pytest.raises(ModelFormatError, match=r"no_config\.pt.*no 'model' state dict or no 'config'"):
+        load_predictor(no_config)
+    wrong_encoder = tmp_path / "wrong_encoder.pt"
+    torch.save({"model": state, "config": {"encoder": "resnet50", "image_size": SIZE}}, wrong_encoder)
+    with pytest.raises(ModelFormatError, match=r"wrong_encoder\.pt.*config\['encoder'\]"):
+        load_predictor(wrong_encoder)
+    mismatch = tmp_path / "mismatch.pt"
+    torch.save({"model": state, "config": {"encoder": "efficientnet-lite0", "image_size": SIZE}}, mismatch)
+    with pytest.raises(ModelFormatError, match=r"mismatch\.pt.*do not match"):
+        load_predictor(mismatch)
+    odd_size = tmp_path / "odd_size.pt"
+    torch.save({"model": state, "config": {"encoder": "mobilenet_v2", "image_size": 50}}, odd_size)
+    with pytest.raises(ModelFormatError, match="multiple of 32"):
+        load_predictor(odd_size)
+    assert issubclass(ModelFormatError, ValueError)
+
+
+def test_segment_hair_shape_guard_band_and_feather(tiny, photo):
+    predictor = load_predictor(tiny["onnx"])
+    mask = segment_hair(photo, predictor, feather_px=2.0, guard_px=2)
+    assert mask.shape == photo.shape[:2] and mask.dtype == np.uint8
+    prob = predictor.predict_proba(photo)
+    np.testing.assert_array_equal(mask, postprocess_mask(prob, photo.shape[:2], feather_px=2.0, guard_px=2))
+    binary = (prob >= 0.5).astype(np.uint8)
+    guard = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    assert (mask[guard == 0] == 0).all()  # anti-bleed: nothing beyond the 2 px guard band
+    core = cv2.erode(binary, np.ones((2 * math.ceil(3 * 2.0) + 1,) * 2, np.uint8), borderType=cv2.BORDER_REPLICATE)
+    assert core.any() and (mask[core == 1] == 255).all()  # feather only near the edge
+    assert ((mask > 0) & (mask < 255)).any()  # and there is a feathered edge
+    hard = segment_hair(photo, predictor, feather_px=0.0, guard_px=0)
+    np.testing.assert_array_equal(hard, binary * 255)
+
+
+def test_segment_hair_accepts_any_predict_proba_object(photo):
+    class Half:  # e.g. the MediaPipe baseline: only predict_proba
+        def predict_proba(self, image: np.ndarray) -> np.ndarray:
+            prob = np.zeros(image.shape[:2], np.float32)
+            prob[: image.shape[0] // 2] = 0.9
+            return prob
+
+    mask = segment_hair(photo, Half(), feather_px=0.0)
+    assert (mask[: photo.shape[0] // 2] == 255).all() and (mask[photo.shape[0] // 2 :] == 0).all()
+    with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
+        segment_hair(photo.astype(np.float32), Half())
+
+
+def test_segment_hair_by_path_is_cached(tiny, photo):
+    cached_predictor.cache_clear()
+    first = segment_hair(photo, tiny["torchscript"])
+    second = segment_hair(photo, str(tiny["torchscript"]))
+    np.testing.assert_array_equal(first, second)
+    assert cached_predictor(tiny["torchscript"]) is cached_predictor(tiny["torchscript"])
+    from hairseg.inference import _cached
+
+    info = _cached.cache_info()
+    assert info.misses == 1 and info.hits >= 3
+
+
+def test_default_model_from_env_and_registry(tiny, photo, tmp_path, monkeypatch):
+    monkeypatch.delenv("HAIRSEG_MODEL", raising=False)
+    monkeypatch.delenv("HAIRSEG_REGISTRY", raising=False)
+    with pytest.raises(ModelNotConfiguredError, match="HAIRSEG_MODEL.*HAIRSEG_REGISTRY"):
+        segment_hair(photo)
+
+    registry = tmp_path / "model_registry.json"
+    monkeypatch.setenv("HAIRSEG_REGISTRY", str(registry))
+    with pytest.raises(ModelNotConfiguredError, match="no hair_segmenter entry"):
+        default_model_path()
+    onnx_rel = Path("..") / tiny["onnx"].parent.name / tiny["onnx"].name
+    for version, name in (("1.10", str(onnx_rel)), ("1.9", "missing.onnx")):  # 1.10 is newer than 1.9
+        append_entry(registry, {"version": version, "file": "unused.pt", "onnx_file": name})
+    assert default_model_path() == tiny["onnx"].resolve()
+    assert default_model_path("torchscript") == (tmp_path / "unused.pt").resolve()
+    via_registry = segment_hair(photo)
+
+    monkeypatch.setenv("HAIRSEG_MODEL", str(tiny["checkpoint"]))  # wins over the registry
+    assert default_model_path() == tiny["checkpoint"]
+    via_env = segment_hair(photo)
+    assert via_registry.shape == via_env.shape == photo.shape[:2]
+    assert (via_registry != via_env).mean() < 1e-3  # ONNX vs eager: equal up to rounding at the threshold

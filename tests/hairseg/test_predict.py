@@ -1,0 +1,122 @@
+"""hairseg-predict on real Figaro-1k photos with each model format; its error exits."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hairseg.data import find_samples, load_image, preprocess_image
+from hairseg.export import export_onnx, export_torchscript, metadata_for
+from hairseg.inference import load_predictor, segment_hair
+from hairseg.models import build_model
+from hairseg.predict import main as predict_main
+from hairseg.recolor import HAIR_COLORS, recolor_hair
+from hairseg.viz import overlay
+
+SIZE = 64
+
+
+@pytest.fixture(autouse=True)
+def _drop_stale_log_handlers():
+    """mlcore's run_cli installs a stderr handler once per process, bound to this test's captured stderr;
+    drop it afterwards so that the next in-process CLI call does not log into a closed stream."""
+    yield
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_mlcore", False)]:
+        root.removeHandler(handler)
+
+
+@pytest.fixture(scope="module")
+def photos(figaro_root) -> list[Path]:
+    """Two real Figaro-1k photos (385x512 and 385x512 px)."""
+    return [s.image for s in find_samples(figaro_root, "all")[:2]]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, photos) -> dict[str, Path]:
+    """An untrained 64 px U-Net as checkpoint, TorchScript and ONNX; head bias set so ~half is "hair"."""
+    folder = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2").eval()
+    x = preprocess_image(load_image(photos[0]), SIZE)
+    with torch.no_grad():
+        model.segmentation_head[0].bias -= model(x).median()
+    paths = {"checkpoint": folder / "tiny.pt", "torchscript": folder / "tiny_ts.pt", "onnx": folder / "tiny.onnx"}
+    torch.save({"model": model.state_dict(), "config": {"encoder": "mobilenet_v2", "image_size": SIZE}},
+               paths["checkpoint"])
+    meta = metadata_for("mobilenet_v2", SIZE, "0.1")
+    export_torchscript(model, paths["torchscript"], meta, x)
+    export_onnx(model, paths["onnx"], meta, x)
+    return paths
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.startswith("hairseg-predict: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.mark.parametrize("fmt", ["checkpoint", "torchscript", "onnx"])
+def test_writes_mask_overlay_and_recolour(fmt, models, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [*map(str, photos), "--out", str(out), "--model", str(models[fmt]), "--color", "blonde", "--strength", "0.8"]
+    assert predict_main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["images"] == 2 and summary["color"] == "blonde" and summary["predictor"].startswith(
+        {"checkpoint": "torch:", "torchscript": "torchscript:", "onnx": "onnx:"}[fmt])
+    predictor = load_predictor(models[fmt])
+    for photo_path in photos:
+        stem = photo_path.stem
+        assert sorted(p.name for p in out.glob(f"{stem}_*")) == sorted(
+            [f"{stem}_mask.png", f"{stem}_overlay.png", f"{stem}_blonde.png"])
+        photo = load_image(photo_path)
+        mask = np.asarray(Image.open(out / f"{stem}_mask.png"))
+        assert mask.shape == photo.shape[:2] and mask.dtype == np.uint8
+        np.testing.assert_array_equal(mask, segment_hair(photo, predictor))
+        assert 0.05 < (mask == 255).mean() < 0.95 and (mask == 0).any()
+        np.testing.assert_array_equal(np.asarray(Image.open(out / f"{stem}_overlay.png")), overlay(photo, mask))
+        recoloured = np.asarray(Image.open(out / f"{stem}_blonde.png"))
+        np.testing.assert_array_equal(recoloured, recolor_hair(photo, mask, "blonde", 0.8))
+        assert (recoloured[mask == 0] == photo[mask == 0]).all()
+        assert (recoloured[mask == 255] != photo[mask == 255]).any()
+
+
+def test_unknown_colour_exits_2_listing_the_palette(models, photos, tmp_path, capsys):
+    code = predict_main([str(photos[0]), "--out", str(tmp_path), "--model", str(models["onnx"]), "--color", "green"])
+    assert code == 2
+    line = _one_error_line(capsys)
+    assert "'green'" in line and all(name in line for name in HAIR_COLORS) and len(HAIR_COLORS) == 10
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_or_unreadable_image_exits_1_naming_it(models, photos, tmp_path, capsys):
+    missing = tmp_path / "nope.jpg"
+    assert predict_main([str(photos[0]), str(missing), "--out", str(tmp_path / "o"),
+                         "--model", str(models["onnx"])]) == 1
+    assert "nope.jpg" in _one_error_line(capsys)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    assert predict_main([str(broken), "--out", str(tmp_path / "o"), "--model", str(models["onnx"])]) == 1
+    line = _one_error_line(capsys)
+    assert "cannot read image" in line and "broken.jpg" in line
+
+
+def test_model_errors_exit_1(photos, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HAIRSEG_MODEL", raising=False)
+    monkeypatch.delenv("HAIRSEG_REGISTRY", raising=False)
+    assert predict_main([str(photos[0]), "--out", str(tmp_path)]) == 1
+    assert "HAIRSEG_MODEL" in _one_error_line(capsys)
+    bogus = tmp_path / "bogus.pt"
+    bogus.write_text("no model here")
+    assert predict_main([str(photos[0]), "--out", str(tmp_path), "--model", str(bogus)]) == 1
+    assert "bogus.pt" in _one_error_line(capsys)
+    assert predict_main(["--out", str(tmp_path)]) == 2
+    assert "IMAGE" in _one_error_line(capsys)
