@@ -2,7 +2,9 @@
 
 Both train the same small CNN (mlcore.testing.TinyCNN, width 32) on the same in-memory data
 (3x32x32, 4 classes) with the same AdamW optimizer for the same number of steps on the CPU.
-Runs alternate (plain, trainer, plain, trainer, ...) and the median time ratio is printed.
+Each repeat runs the three variants in a shuffled order; each repeat gives a paired ratio
+against the plain run next to it, and the median of those ratios is printed (pairing cancels the
+slow drift of a shared VM's speed).
 
 - ``trainer``: Trainer.fit on the same plain DataLoader (the loop's own cost: accumulation
   bookkeeping, scheduler, clipping off, logging, the end-of-epoch last.pt checkpoint).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import random
 import statistics
 import tempfile
 import time
@@ -79,25 +82,34 @@ def trainer(ds, steps, bs, resumable: bool) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
     logging.disable(logging.INFO)
     ds = Images(args.steps * args.batch_size)
     plain(ds, args.steps, args.batch_size)  # warm-up (allocator, kernels)
     times: dict[str, list[float]] = {"plain": [], "trainer": [], "trainer+make_loader": []}
+    runs = {
+        "plain": lambda: plain(ds, args.steps, args.batch_size),
+        "trainer": lambda: trainer(ds, args.steps, args.batch_size, resumable=False),
+        "trainer+make_loader": lambda: trainer(ds, args.steps, args.batch_size, resumable=True),
+    }
+    order = random.Random(0)
     for _ in range(args.repeats):
-        times["plain"].append(plain(ds, args.steps, args.batch_size))
-        times["trainer"].append(trainer(ds, args.steps, args.batch_size, resumable=False))
-        times["trainer+make_loader"].append(trainer(ds, args.steps, args.batch_size, resumable=True))
+        names = list(runs)
+        order.shuffle(names)  # no variant always runs first (or right after another)
+        for name in names:
+            times[name].append(runs[name]())
     med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = {k: statistics.median(t / p for t, p in zip(times[k], times["plain"], strict=True))
+             for k in ("trainer", "trainer+make_loader")}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} steps x batch "
-          f"{args.batch_size}, {args.repeats} alternating repeats")
+          f"{args.batch_size}, {args.repeats} repeats in shuffled order")
     for k, v in med.items():
         print(f"{k:>22}: median {v * 1000:8.1f} ms  ({v / args.steps * 1000:.2f} ms/step)")
-    print(f"ratio Trainer/plain: {med['trainer'] / med['plain']:.3f}")
-    print(f"ratio Trainer+make_loader/plain: {med['trainer+make_loader'] / med['plain']:.3f}")
+    print(f"ratio Trainer/plain (median of paired ratios): {ratio['trainer']:.3f}")
+    print(f"ratio Trainer+make_loader/plain (median of paired ratios): {ratio['trainer+make_loader']:.3f}")
 
 
 if __name__ == "__main__":

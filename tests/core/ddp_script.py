@@ -32,13 +32,25 @@ def main() -> None:
     model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 1))
     cfg = TrainConfig(out=run_dir, epochs=2, batch_size=batch, accum_steps=accum, lr=0.05, optimizer="adamw",
                       warmup_steps=2, num_workers=0, device="cpu", clip_grad_norm=None)
-    trainer = Trainer(model, cfg, lambda m, b: F.mse_loss(m(b["x"]), b["y"]))
+    # loaders first, as domain packages do: make_loader must see torchrun's ranks before the trainer
+    # initialises the process group
     loader = make_loader(Pairs(x, y), batch_size=batch, shuffle=True, seed=0)
-    val = make_loader(Pairs(x, y), batch_size=batch, shuffle=False)
+    val = make_loader(Pairs(x[:63], y[:63]), batch_size=batch, shuffle=False)  # odd size: no padding
+    trainer = Trainer(model, cfg, lambda m, b: F.mse_loss(m(b["x"]), b["y"]))
+    allreduces = {"n": 0}
+    if hasattr(trainer.model, "register_comm_hook"):
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+        def counting_hook(state, bucket):
+            allreduces["n"] += 1
+            return default_hooks.allreduce_hook(None, bucket)
+
+        trainer.model.register_comm_hook(None, counting_hook)
     summary = trainer.fit(loader, val)
     if is_main_process():
         torch.save({"params": {k: v.detach().clone() for k, v in trainer.raw_model.state_dict().items()},
-                    "summary_world": summary["world_size"], "val_loss": summary["final"]["loss"]}, out)
+                    "summary_world": summary["world_size"], "val_loss": summary["final"]["loss"],
+                    "allreduces": allreduces["n"], "steps": summary["steps"]}, out)
     trainer.close()
     destroy_distributed()
 

@@ -104,3 +104,23 @@ def test_parser_types():
     p = build_parser(DemoConfig, "demo")
     ns = p.parse_args(["--warmup-epochs", "0.5", "--deterministic"])
     assert ns.warmup_epochs == 0.5 and ns.deterministic is True
+
+
+def test_preset_values_are_converted_and_checked(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("lr: 1e-4\nepochs: 3\nwarmup_epochs: 1\n")  # YAML reads 1e-4 as a string, 1 as an int
+    cfg = _parse(["--config", str(f)])
+    assert cfg.lr == 1e-4 and isinstance(cfg.lr, float) and cfg.warmup_epochs == 1.0
+    f.write_text("epochs: many\n")
+    with pytest.raises(ConfigError, match="epochs: expected int, got 'many'"):
+        _parse(["--config", str(f)])
+    f.write_text("compile: 1\n")
+    with pytest.raises(ConfigError, match="compile: expected true or false"):
+        _parse(["--config", str(f)])
+
+
+def test_best_monitors():
+    cfg = _parse(["--monitor", "val_iou", "--monitor-mode", "max", "--best-monitors", "val_loss:min, val_f1:max"])
+    assert cfg.best_monitor_list() == [("val_iou", "max"), ("val_loss", "min"), ("val_f1", "max")]
+    with pytest.raises(ConfigError, match="--best-monitors"):
+        _parse(["--best-monitors", "val_loss"])

@@ -132,3 +132,46 @@ def test_compile_option_trains_compiled_model(toy, params_of):
     assert summary["steps"] == 2
     after = params_of(trainer)
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_mps_strategy_hygiene(monkeypatch):
+    from mlcore.devices import MPSStrategy
+
+    calls = []
+    monkeypatch.setattr(torch.mps, "empty_cache", lambda: calls.append(1))
+    s = MPSStrategy("fp16")  # constructing does not touch the device
+    assert s.metric_device == torch.device("cpu")  # metrics leave the GPU at once
+    assert s.autocast_dtype == torch.float16
+    for step in range(1, 101):
+        s.after_step(step)
+    assert len(calls) == 2  # every 50 optimizer updates by default
+    s = MPSStrategy("fp32", empty_cache_every=10)
+    calls.clear()
+    for step in range(1, 31):
+        s.after_step(step)
+    assert len(calls) == 3
+
+
+def test_cuda_setup_settings(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda d=None: None)
+    seen = []
+    monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", lambda v: seen.append(v))
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = False
+    try:
+        CUDAStrategy("bf16").setup()
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cudnn.benchmark
+        assert seen == ["expandable_segments:True"]
+    finally:
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
+
+
+def test_metric_reset_keeps_device():
+    from mlcore.testing import Accuracy
+
+    m = Accuracy().to("meta")
+    m.reset()
+    assert m.correct.device.type == "meta"

@@ -122,12 +122,33 @@ def build_parser(config_cls: type[C], prog: str, description: str = "", presets_
 
 
 def _apply(config: C, values: dict[str, Any], source: str) -> C:
+    """Set fields from a mapping (a preset, a saved config or parsed flags), converting types.
+
+    Raises:
+        ConfigError: an unknown option, or a value that does not convert to the field's type.
+    """
+    hints = typing.get_type_hints(type(config))
     names = {f.name for f in dataclasses.fields(config)}
     changes = {}
     for key, value in values.items():
         k = key.replace("-", "_")
         if k not in names:
             raise ConfigError(f"{source}: unknown option {key!r}")
+        base, optional = _scalar_type(hints[k])
+        if value is None:
+            if not optional:
+                raise ConfigError(f"{source}: {key}: expected {base.__name__}, got none")
+        elif base is bool:
+            if not isinstance(value, bool):
+                raise ConfigError(f"{source}: {key}: expected true or false, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, base):
+            # YAML reads 1e-4 as a string and 3 as an int where a float is meant
+            try:
+                if isinstance(value, bool):
+                    raise TypeError
+                value = base(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{source}: {key}: expected {base.__name__}, got {value!r}") from None
         changes[k] = value
     return dataclasses.replace(config, **changes)
 

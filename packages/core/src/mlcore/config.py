@@ -65,6 +65,8 @@ class TrainConfig:
     eval_every_steps: int | None = opt(None, "also evaluate every N optimizer updates")
     monitor: str = opt("val_loss", "metric for early stopping and the best checkpoint (<split>_<name>)")
     monitor_mode: str = opt("min", "whether the monitored metric should go down or up", choices=("min", "max"))
+    best_monitors: str | None = opt(None, "extra best checkpoints, e.g. 'val_loss:min,val_f1:max' "
+                                    "(best_<metric>.pt each; --monitor always gets one)")
     early_stopping_patience: int | None = opt(None, "stop after N evaluations without improvement (none: off)")
     early_stopping_min_delta: float = opt(0.0, "smallest change of the monitored metric that counts")
     checkpoint_every_steps: int | None = opt(None, "also write last.pt every N optimizer updates")
@@ -101,10 +103,22 @@ class TrainConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ConfigError(f"--{flag(f.name)} must be one of {', '.join(map(str, choices))} "
                                   f"(got {getattr(self, f.name)!r})")
+        self.best_monitor_list()
         if self.data is not None and not Path(self.data).exists():
             raise ConfigError(f"--data {self.data}: folder not found")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ConfigError(f"--weights {self.weights}: file not found")
+
+    def best_monitor_list(self) -> list[tuple[str, str]]:
+        """``[(metric, mode), ...]`` for best checkpoints: ``--monitor`` first, then ``--best-monitors``."""
+        pairs = [(self.monitor, self.monitor_mode)]
+        for item in filter(None, (self.best_monitors or "").split(",")):
+            name, _, mode = item.strip().partition(":")
+            if not name or mode not in ("min", "max"):
+                raise ConfigError(f"--best-monitors: expected NAME:min or NAME:max items, got {item.strip()!r}")
+            if name != self.monitor:
+                pairs.append((name, mode))
+        return pairs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

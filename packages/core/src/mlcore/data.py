@@ -13,6 +13,7 @@ Exact mid-epoch resume needs two things a plain ``DataLoader`` does not give:
 from __future__ import annotations
 
 import math
+import os
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mlcore.distributed import get_rank, get_world_size
+from mlcore.distributed import env_world_size, get_rank, get_world_size, is_distributed
 from mlcore.seed import sample_seed
 
 
@@ -37,19 +38,26 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         length: number of samples in the dataset.
         shuffle: shuffle each epoch (else natural order).
         seed: the run seed.
-        num_replicas, rank: DDP world size and rank (default: from the process group).
+        num_replicas, rank: DDP world size and rank (default: from the process group, else from
+            ``torchrun``'s ``WORLD_SIZE``/``RANK`` environment variables).
+        pad: repeat samples so every rank gets the same count (needed for training, where ranks
+            step together); evaluation loaders use ``pad=False`` so no sample is counted twice.
     """
 
     def __init__(self, length: int, *, shuffle: bool = True, seed: int = 0,
-                 num_replicas: int | None = None, rank: int | None = None) -> None:
+                 num_replicas: int | None = None, rank: int | None = None, pad: bool = True) -> None:
         self.length = length
         self.shuffle = shuffle
         self.seed = seed
-        self.num_replicas = num_replicas if num_replicas is not None else get_world_size()
-        self.rank = rank if rank is not None else get_rank()
+        self.num_replicas = num_replicas if num_replicas is not None else _world_size()
+        self.rank = rank if rank is not None else _rank()
+        self.pad = pad
         self.epoch = 0
         self.start = 0
-        self.per_replica = math.ceil(length / self.num_replicas)
+        if pad:
+            self.per_replica = math.ceil(length / self.num_replicas)
+        else:
+            self.per_replica = len(range(self.rank, length, self.num_replicas))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the permutation of ``epoch`` and rewind to its first sample."""
@@ -67,6 +75,8 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
+        if not self.pad:
+            return order[self.rank::self.num_replicas]
         total = self.per_replica * self.num_replicas
         if total > len(order):
             order += (order * math.ceil(total / len(order)))[: total - len(order)]
@@ -84,6 +94,15 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.start, self.seed = state["epoch"], state["start"], state["seed"]
+
+
+def _world_size() -> int:
+    # the loader may be built before the trainer initialises the process group
+    return get_world_size() if is_distributed() else env_world_size()
+
+
+def _rank() -> int:
+    return get_rank() if is_distributed() else int(os.environ.get("RANK", "0"))
 
 
 class SeededDataset(Dataset):
@@ -134,15 +153,18 @@ def make_loader(
     persistent_workers: bool | None = None,
     prefetch_factor: int | None = None,
     distributed: bool | None = None,
+    pad: bool | None = None,
 ) -> DataLoader:
     """A ``DataLoader`` over ``dataset`` that the :class:`~mlcore.trainer.Trainer` can resume exactly.
 
-    Under ``torchrun`` (``distributed=None`` detects it) each rank gets its shard; ``batch_size``
-    is then the per-rank micro-batch.
+    Under ``torchrun`` (``distributed=None`` detects it, also before the process group exists)
+    each rank gets its shard; ``batch_size`` is then the per-rank micro-batch. ``pad`` (default:
+    ``shuffle``, i.e. training loaders) repeats samples so all ranks get equally many.
     """
-    world = get_world_size() if distributed in (None, True) else 1
+    world = _world_size() if distributed in (None, True) else 1
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed,  # type: ignore[arg-type]
-                               num_replicas=world, rank=get_rank() if world > 1 else 0)
+                               num_replicas=world, rank=_rank() if world > 1 else 0,
+                               pad=shuffle if pad is None else pad)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers

@@ -31,9 +31,10 @@ class Metric:
         setattr(self, name, default.detach().clone())
 
     def reset(self) -> None:
-        """Reset every state to its default."""
+        """Reset every state to its default, keeping the device the state is on."""
         for name, default in self._defaults.items():
-            setattr(self, name, default.clone())
+            current = getattr(self, name, default)
+            setattr(self, name, default.clone().to(current.device))
 
     def to(self, device: torch.device | str) -> Metric:
         """Move all states to ``device`` (the strategy's metric device)."""

@@ -112,6 +112,16 @@ class RunLogger:
                 if isinstance(v, (int, float)) and k not in ("epoch", "step", "time"):
                     self._tb.add_scalar(f"{split}/{k}", v, row.get("step", 0))
 
+    def rewrite_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Replace metrics.jsonl with ``rows`` (on resume: the history saved in the checkpoint)."""
+        if not self.enabled:
+            return
+        path = self.run_dir / "metrics.jsonl"
+        fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=self.run_dir)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(json.dumps(_jsonable(r)) + "\n" for r in rows)
+        os.replace(tmp, path)
+
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self._tb is not None:
             self._tb.add_scalar(tag, value, step)

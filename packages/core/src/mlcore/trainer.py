@@ -133,7 +133,7 @@ class Trainer:
         if config.early_stopping_patience:
             self.callbacks.append(EarlyStopping(config.monitor, config.monitor_mode,
                                                 config.early_stopping_patience, config.early_stopping_min_delta))
-        self.best_checkpoint = BestCheckpoint([(config.monitor, config.monitor_mode)])
+        self.best_checkpoint = BestCheckpoint(config.best_monitor_list())
         self.callbacks.append(self.best_checkpoint)
 
         self.epoch = 0
@@ -156,6 +156,7 @@ class Trainer:
             self.history = list(self._resume["history"])
             for cb, state in zip(self.callbacks, self._resume["callbacks"], strict=False):
                 cb.load_state_dict(state)
+            self.logger.rewrite_metrics(self.history)  # drop rows logged after the checkpoint
             log.info("resuming from %s (stage %s, epoch %d, step %d)", config.resume,
                      self._resume["stage"], self._resume["epoch"], self.global_step)
 
@@ -190,6 +191,9 @@ class Trainer:
 
         accum = cfg.accum_steps
         sampler = find_resumable_sampler(train_loader)
+        if sampler is not None and sampler.num_replicas != self.world_size:
+            raise RuntimeError(f"the train loader is sharded for {sampler.num_replicas} process(es) but the run "
+                               f"has {self.world_size}: build it with mlcore.make_loader under the same torchrun")
         batches_per_epoch = self._batches_per_epoch(train_loader)
         updates_per_epoch = math.ceil(batches_per_epoch / accum)
         total_steps = total_optimizer_steps(batches_per_epoch, accum, epochs)
@@ -236,7 +240,7 @@ class Trainer:
                 batch_in_epoch = skip_batches if epoch == start_epoch else 0
                 if sampler is not None:
                     sampler.set_epoch(epoch)
-                    sampler.skip(batch_in_epoch * cfg.batch_size)
+                    sampler.skip(batch_in_epoch * (train_loader.batch_size or cfg.batch_size))
                 batches = iter(train_loader)
                 if sampler is None and batch_in_epoch:  # plain loader: fast-forward (not exact)
                     for _ in range(batch_in_epoch):
@@ -271,10 +275,15 @@ class Trainer:
                         ctx["train_loss"] = (0.0, 0)
                         self._evaluate_and_callbacks(val_loader)
                         self.model.train()
-                    stop_now = (cfg.max_steps is not None and stage_step >= cfg.max_steps) or self._stop_signal
+                    stop_now = ((cfg.max_steps is not None and stage_step >= cfg.max_steps) or self._stop_signal
+                                or self.should_stop)
                     if stop_now or (cfg.checkpoint_every_steps and stage_step % cfg.checkpoint_every_steps == 0):
                         self._save_last(ctx, stage_step, epoch, batch_in_epoch)
                     if stop_now:
+                        if self.should_stop:  # early stopping from a step-based evaluation
+                            self.completed_stages.append(stage)
+                            self._save_last(ctx, stage_step, epoch, batch_in_epoch)
+                            return self._finish(cfg, completed=True)
                         reason = "SIGTERM" if self._stop_signal else f"--max-steps {cfg.max_steps}"
                         log.info("stopping at optimizer step %d (%s); resume with --resume %s",
                                  self.global_step, reason, self.run_dir)
@@ -284,7 +293,9 @@ class Trainer:
                     self._log_train(train_loss_sum, train_loss_n, scheduler)
                     train_loss_sum, train_loss_n = 0.0, 0
                     ctx["train_loss"] = (0.0, 0)
-                if val_loader is not None and (epoch + 1) % cfg.eval_every_epochs == 0:
+                evaluated_now = bool(self.history) and self.history[-1]["split"] != "train" \
+                    and self.history[-1]["step"] == self.global_step
+                if val_loader is not None and (epoch + 1) % cfg.eval_every_epochs == 0 and not evaluated_now:
                     self._evaluate_and_callbacks(val_loader)
                 if self.should_stop or epoch + 1 == epochs:
                     self.completed_stages.append(stage)

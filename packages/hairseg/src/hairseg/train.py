@@ -53,7 +53,9 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     train_loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, **loader_kw)
     val_loader = make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
 
-    model = build_model(cfg.encoder, cfg.encoder_init(), freeze_encoder=cfg.freeze_encoder, weights=cfg.weights)
+    # a resumed run takes every weight from last.pt: no hub download (works offline)
+    encoder_init = None if cfg.resume else cfg.encoder_init()
+    model = build_model(cfg.encoder, encoder_init, freeze_encoder=cfg.freeze_encoder, weights=cfg.weights)
     step = make_step(BceDiceLoss(pos_weight=cfg.pos_weight))
     trainer = Trainer(model, cfg, step, metrics=[HairSegMetrics()])
     summary = trainer.fit(train_loader, val_loader)
