@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from datetime import datetime
 from pathlib import Path
 
@@ -42,16 +41,6 @@ def checkpoint(tmp_path_factory) -> Path:
                 "step": 120, "stage": "main",
                 "config": {"encoder": "mobilenet_v2", "image_size": SIZE, "data": "/somewhere/figaro1k"}}, path)
     return path
-
-
-@pytest.fixture(autouse=True)
-def _drop_stale_log_handlers():
-    """mlcore's run_cli installs a stderr handler once per process, bound to this test's captured stderr;
-    drop it afterwards so that the next in-process CLI call does not log into a closed stream."""
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_mlcore", False)]:
-        root.removeHandler(handler)
 
 
 def _last_json(capsys) -> dict:

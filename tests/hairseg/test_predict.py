@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,6 @@ from hairseg.recolor import HAIR_COLORS, recolor_hair
 from hairseg.viz import overlay
 
 SIZE = 64
-
-
-@pytest.fixture(autouse=True)
-def _drop_stale_log_handlers():
-    """mlcore's run_cli installs a stderr handler once per process, bound to this test's captured stderr;
-    drop it afterwards so that the next in-process CLI call does not log into a closed stream."""
-    yield
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if getattr(h, "_mlcore", False)]:
-        root.removeHandler(handler)
 
 
 @pytest.fixture(scope="module")

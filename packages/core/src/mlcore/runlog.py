@@ -10,11 +10,12 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mlcore.checkpoint import atomic_write
 
 log = logging.getLogger("mlcore")
 
@@ -32,7 +33,12 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def setup_logging(level: int = logging.INFO, log_file: Path | None = None) -> None:
-    """Configure the ``mlcore`` and root loggers once: stderr plus an optional file."""
+    """Configure the ``mlcore`` and root loggers once: stderr plus an optional file.
+
+    Under ``torchrun`` only rank 0 logs at ``level``; other ranks log warnings and errors only.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        level = max(level, logging.WARNING)
     root = logging.getLogger()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     if not any(getattr(h, "_mlcore", False) for h in root.handlers):
@@ -60,24 +66,11 @@ def _jsonable(v: Any) -> Any:
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON through a temp file + fsync + ``os.replace`` (atomic).
+    """Write ``obj`` as indented JSON atomically (temp file + fsync + ``os.replace``).
 
     Non-finite floats are written as strings (``"nan"``), since JSON has no NaN.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: f.write(json.dumps(_jsonable(obj), indent=2) + "\n"), binary=False)
 
 
 class RunLogger:
@@ -116,11 +109,8 @@ class RunLogger:
         """Replace metrics.jsonl with ``rows`` (on resume: the history saved in the checkpoint)."""
         if not self.enabled:
             return
-        path = self.run_dir / "metrics.jsonl"
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=self.run_dir)
-        with os.fdopen(fd, "w") as f:
-            f.writelines(json.dumps(_jsonable(r)) + "\n" for r in rows)
-        os.replace(tmp, path)
+        atomic_write(self.run_dir / "metrics.jsonl",
+                     lambda f: f.writelines(json.dumps(_jsonable(r)) + "\n" for r in rows), binary=False)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self._tb is not None:

@@ -519,7 +519,7 @@ class Trainer:
         return summary
 
     def close(self) -> None:
-        """Flush TensorBoard and release the process group."""
+        """Flush and close TensorBoard (the process group stays up: see ``destroy_distributed``)."""
         self.logger.close()
 
     def _install_sigterm(self):

@@ -21,6 +21,7 @@ from hairseg.metrics import HairSegMetrics, verdict
 from hairseg.models import build_model
 from mlcore import Trainer, make_loader
 from mlcore.cli import parse_config, run_cli
+from mlcore.distributed import destroy_distributed, is_main_process
 from mlcore.seed import seed_everything
 
 log = logging.getLogger("hairseg.train")
@@ -80,8 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = parse_config(HairSegConfig, argv, prog="hairseg-train", presets_package="hairseg",
                            description="Finetune a hair-segmentation U-Net (Figaro-1k) with mlcore.")
         summary = train(cfg)
-        print(json.dumps({k: summary[k] for k in ("best", "verdict", "steps", "epochs", "samples_per_s",
-                                                    "wall_time_s")}, default=str))
+        if is_main_process():
+            print(json.dumps({k: summary[k] for k in ("best", "verdict", "steps", "epochs", "samples_per_s",
+                                                        "wall_time_s")}, default=str))
+        destroy_distributed()
         return 0
 
     return run_cli(run, prog="hairseg-train", user_errors=(DataError,))
