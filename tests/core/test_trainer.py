@@ -260,3 +260,20 @@ def test_multi_stage_fit_on_one_run(toy):
     summary = trainer.fit(train, val, stage="finetune", epochs=2)
     assert summary["completed_stages"] == ["frozen", "finetune"]
     assert trainer.global_step == 10 + 20
+
+
+def test_early_stopping_from_step_evaluations_stops_mid_epoch(toy):
+    # 40 samples / batch 4 = 10 updates per epoch; evaluations at steps 3, 6, 9 and (epoch end) 10
+    trainer, train, val = toy(epochs=3, eval_every_steps=3, monitor="val_score", monitor_mode="max",
+                              early_stopping_patience=1)
+    trainer.metrics = [Scripted([0.5, 0.4, 0.9, 0.9])]
+    summary = trainer.fit(train, val)
+    assert trainer.global_step == 6 and summary["completed"]  # second evaluation did not improve
+    last = load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")
+    assert last["global_step"] == 6 and last["completed_stages"] == ["main"]
+
+
+def test_no_second_evaluation_at_the_same_step(toy):
+    trainer, train, val = toy(epochs=1, eval_every_steps=5)  # step 10 is both a step and the epoch end
+    trainer.fit(train, val)
+    assert [r["step"] for r in trainer.history if r["split"] == "val"] == [5, 10]

@@ -136,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps({"model": name, "split": args.split, **result}))
         return 0
 
-    return run_cli(run, prog="hairseg-eval", user_errors=(DataError, ValueError, RuntimeError))
+    # ValueError: unknown model format (ModelFormatError), MediaPipe --hair-class out of range
+    return run_cli(run, prog="hairseg-eval", user_errors=(DataError, ValueError))
 
 
 if __name__ == "__main__":
