@@ -130,3 +130,11 @@ def test_eval_errors(tmp_path, capsys):
     assert eval_main(["--data", str(tmp_path), "--model", "mediapipe"]) == 2
     assert "--mediapipe-model" in capsys.readouterr().err
     assert eval_main(["--data", "/nope", "--checkpoint", "x.pt"]) == 2
+
+
+def test_default_preset_equals_dataclass_defaults():
+    from mlcore.cli import load_preset
+
+    preset = load_preset("default", "hairseg")
+    defaults = HairSegConfig(data=".")
+    assert {k: getattr(defaults, k) for k in preset} == preset

@@ -23,10 +23,11 @@ class Callback:
         """After every evaluation; ``metrics`` are ``<split>_<name>`` keys."""
 
     def state_dict(self) -> dict[str, Any]:
+        """State to save in ``last.pt`` (plain Python values)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Restore :meth:`state_dict` on resume."""
 
 
 def _improved(value: float, best: float | None, mode: str, min_delta: float) -> bool:

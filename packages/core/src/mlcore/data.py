@@ -90,9 +90,11 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         return self.per_replica - self.start
 
     def state_dict(self) -> dict[str, int]:
+        """Epoch, start offset (samples) and seed."""
         return {"epoch": self.epoch, "start": self.start, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict`."""
         self.epoch, self.start, self.seed = state["epoch"], state["start"], state["seed"]
 
 

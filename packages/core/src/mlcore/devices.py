@@ -64,6 +64,7 @@ class DeviceStrategy:
     # ---- precision ---------------------------------------------------------------------------
     @property
     def autocast_dtype(self) -> torch.dtype | None:
+        """``torch.bfloat16`` / ``torch.float16`` for mixed precision, None for fp32."""
         return _DTYPES[self.precision]
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -95,6 +96,7 @@ class DeviceStrategy:
 
     @property
     def pin_memory(self) -> bool:
+        """Whether loaders should pin host memory for faster host-to-device copies."""
         return False
 
     # ---- memory ------------------------------------------------------------------------------
@@ -118,6 +120,7 @@ class DeviceStrategy:
         """Wait for queued device work (for timing)."""
 
     def describe(self) -> dict[str, Any]:
+        """Device, precision and memory format, as recorded in ``summary.json``."""
         return {"device": str(self.device), "precision": self.precision, "channels_last": self.channels_last}
 
 

@@ -23,18 +23,22 @@ def is_distributed() -> bool:
 
 
 def get_rank() -> int:
+    """This process's rank (0 outside DDP)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def get_world_size() -> int:
+    """Number of processes in the group (1 outside DDP)."""
     return dist.get_world_size() if is_distributed() else 1
 
 
 def local_rank() -> int:
+    """Rank on this machine (``LOCAL_RANK``, 0 outside ``torchrun``): the CUDA device index."""
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def is_main_process() -> bool:
+    """True on rank 0, the only process that writes files."""
     return get_rank() == 0
 
 
@@ -73,6 +77,7 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def barrier() -> None:
+    """Wait for every rank (no-op outside DDP)."""
     if is_distributed():
         dist.barrier()
 

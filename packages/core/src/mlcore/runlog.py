@@ -90,6 +90,7 @@ class RunLogger:
                 self._tb = SummaryWriter(str(self.run_dir / "tensorboard"))
 
     def write_config(self, config: dict[str, Any]) -> None:
+        """Write the resolved configuration to ``config.yaml``."""
         if self.enabled:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(_jsonable(config), sort_keys=False))
 
@@ -113,14 +114,17 @@ class RunLogger:
                      lambda f: f.writelines(json.dumps(_jsonable(r)) + "\n" for r in rows), binary=False)
 
     def scalar(self, tag: str, value: float, step: int) -> None:
+        """One TensorBoard scalar (e.g. ``train/lr`` at an optimizer step)."""
         if self._tb is not None:
             self._tb.add_scalar(tag, value, step)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        """Write ``summary.json`` atomically."""
         if self.enabled:
             write_json_atomic(self.run_dir / "summary.json", summary)
 
     def close(self) -> None:
+        """Flush and close the TensorBoard writer."""
         if self._tb is not None:
             self._tb.flush()
             self._tb.close()
