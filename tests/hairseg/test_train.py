@@ -138,3 +138,18 @@ def test_default_preset_equals_dataclass_defaults():
     preset = load_preset("default", "hairseg")
     defaults = HairSegConfig(data=".")
     assert {k: getattr(defaults, k) for k in preset} == preset
+
+
+def test_offline_imagenet_download_is_one_line(tmp_path, small_folder):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # fail fast instead of retrying the hub
+    out = subprocess.run([sys.executable, "-m", "hairseg.train", "--data", str(small_folder), "--out",
+                          str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--image-size", "32",
+                          "--encoder", "mobilenet_v2", "--encoder-weights", "imagenet", "--num-workers", "0"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    err = [line for line in out.stderr.splitlines() if line.startswith("hairseg-train: error:")]
+    assert out.returncode == 1 and len(err) == 1 and "Traceback" not in out.stderr
+    assert "--encoder-weights offline" in err[0]

@@ -56,7 +56,14 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
 
     # a resumed run takes every weight from last.pt: no hub download (works offline)
     encoder_init = None if cfg.resume else cfg.encoder_init()
-    model = build_model(cfg.encoder, encoder_init, freeze_encoder=cfg.freeze_encoder, weights=cfg.weights)
+    try:
+        model = build_model(cfg.encoder, encoder_init, freeze_encoder=cfg.freeze_encoder, weights=cfg.weights)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise OSError(f"--encoder-weights {cfg.encoder_weights}: cannot download ImageNet weights for "
+                      f"--encoder {cfg.encoder} (offline?); use --no-pretrained, --encoder efficientnet-lite0 "
+                      f"--encoder-weights offline (as --config cpu does) or --weights PATH") from exc
     step = make_step(BceDiceLoss(pos_weight=cfg.pos_weight))
     trainer = Trainer(model, cfg, step, metrics=[HairSegMetrics()])
     summary = trainer.fit(train_loader, val_loader)
@@ -75,7 +82,7 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point ``hairseg-train`` (exit 0 ok, 2 bad flags, 1 bad data)."""
+    """Console entry point ``hairseg-train`` (exit 0 ok, 2 bad flags, 1 bad data or weights unavailable)."""
 
     def run() -> int:
         cfg = parse_config(HairSegConfig, argv, prog="hairseg-train", presets_package="hairseg",
@@ -87,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         destroy_distributed()
         return 0
 
-    return run_cli(run, prog="hairseg-train", user_errors=(DataError,))
+    return run_cli(run, prog="hairseg-train", user_errors=(DataError, OSError))
 
 
 if __name__ == "__main__":
