@@ -277,3 +277,24 @@ def test_no_second_evaluation_at_the_same_step(toy):
     trainer, train, val = toy(epochs=1, eval_every_steps=5)  # step 10 is both a step and the epoch end
     trainer.fit(train, val)
     assert [r["step"] for r in trainer.history if r["split"] == "val"] == [5, 10]
+
+
+def test_each_stage_uses_its_own_config(toy):
+    from mlcore.trainer import with_overrides
+
+    trainer, train, _ = toy(epochs=1, lr=0.05, scheduler="constant")
+    seen = []
+    orig = trainer._optimizer_step
+
+    def spy(window, optimizer, scaler, cfg):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return orig(window, optimizer, scaler, cfg)
+
+    trainer._optimizer_step = spy
+    for p in trainer.raw_model.features.parameters():
+        p.requires_grad_(False)  # stage 1: head only
+    trainer.fit(train, stage="head", config=with_overrides(trainer.config, lr=0.2))
+    for p in trainer.raw_model.features.parameters():
+        p.requires_grad_(True)
+    trainer.fit(train, stage="all")
+    assert seen[:10] == [0.2] * 10 and seen[10:] == [0.05] * 10

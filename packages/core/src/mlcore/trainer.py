@@ -115,7 +115,7 @@ class Trainer:
         self.training_step = training_step
         self.eval_step = eval_step or training_step
         self.metrics = list(metrics)
-        self.optimizer_factory = optimizer_factory or (lambda m: build_optimizer(m, config))
+        self.optimizer_factory = optimizer_factory
         self.run_dir = Path(run_dir or config.out)
         self.logger = RunLogger(self.run_dir, enabled=is_main_process())
         self.logger.write_config(config.to_dict())
@@ -198,7 +198,8 @@ class Trainer:
         updates_per_epoch = math.ceil(batches_per_epoch / accum)
         total_steps = total_optimizer_steps(batches_per_epoch, accum, epochs)
         warmup = cfg.warmup_steps or round(cfg.warmup_epochs * updates_per_epoch)
-        optimizer = (optimizer_factory or self.optimizer_factory)(self.raw_model)
+        factory = optimizer_factory or self.optimizer_factory or (lambda m: build_optimizer(m, cfg))
+        optimizer = factory(self.raw_model)  # per stage: only the parameters trainable now
         scheduler = build_scheduler(optimizer, name=cfg.scheduler, total_steps=total_steps, warmup_steps=warmup,
                                     warmup_start_factor=cfg.warmup_start_factor, min_lr=cfg.min_lr,
                                     step_size=cfg.step_size, gamma=cfg.gamma)
