@@ -387,40 +387,13 @@ class Trainer:
         return loss_value
 
     # ------------------------------------------------------------------------------------------
-    @torch.inference_mode()
     def evaluate(self, loader: DataLoader, split: str = "val") -> dict[str, float]:
         """Loss and every metric over the whole split (summed across ranks), as ``{name: float}``.
 
-        Uses the EMA weights when EMA is on. Runs under ``torch.inference_mode`` and autocast.
+        Uses the EMA weights when EMA is on. See :func:`evaluate_model`.
         """
         model = self.ema.module if self.ema is not None else self.model
-        was_training = model.training
-        model.eval()
-        mdev = self.strategy.metric_device
-        for m in self.metrics:
-            m.to(mdev).reset()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.strategy.device)
-        count = torch.zeros((), dtype=torch.float64, device=self.strategy.device)
-        for batch in tqdm(loader, desc=split, disable=None if is_main_process() else True, leave=False):
-            batch = self.strategy.to_device(batch)
-            with self.strategy.autocast():
-                out = _as_outputs(self.eval_step(model, batch))
-            n = batch_size_of(batch)
-            loss_sum += out["loss"].double() * n
-            count += n
-            if self.metrics:
-                out_m = map_tensors(out, lambda t: t.detach().to(mdev))
-                batch_m = map_tensors(batch, lambda t: t.to(mdev)) if mdev != self.strategy.device else batch
-                for m in self.metrics:
-                    m.update(out_m, batch_m)
-        loss_sum, count = all_reduce_sum(loss_sum), all_reduce_sum(count)
-        result = {"loss": float(loss_sum / count.clamp(min=1))}
-        for m in self.metrics:
-            if is_distributed():
-                m.sync(lambda t: all_reduce_sum(t.to(self.strategy.device)).to(mdev))
-            result.update(m.compute())
-        model.train(was_training)
-        return result
+        return evaluate_model(model, loader, self.eval_step, self.metrics, self.strategy, desc=split)
 
     def _evaluate_and_callbacks(self, loader: DataLoader, split: str = "val") -> dict[str, float]:
         result = self.evaluate(loader, split)
@@ -536,6 +509,47 @@ class Trainer:
     def _restore_sigterm(prev) -> None:
         if prev is not None:
             signal.signal(signal.SIGTERM, prev)
+
+
+@torch.inference_mode()
+def evaluate_model(model: torch.nn.Module, loader: DataLoader, step: StepFn, metrics: Sequence[Metric] = (),
+                   strategy: DeviceStrategy | None = None, *, desc: str = "eval") -> dict[str, float]:
+    """Mean loss (weighted by batch size) and every metric over ``loader``, as ``{name: float}``.
+
+    Runs ``step(model, batch)`` under ``torch.inference_mode`` and the strategy's autocast, with
+    the model in eval mode (restored afterwards). Metric states live on the strategy's metric
+    device and are summed across ranks before ``compute`` under DDP. Used by
+    :meth:`Trainer.evaluate` and by the domains' ``<domain>-eval`` commands.
+    """
+    strategy = strategy or build_strategy("cpu")
+    was_training = model.training
+    model.eval()
+    mdev = strategy.metric_device
+    for m in metrics:
+        m.reset()
+        m.to(mdev)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=strategy.device)
+    count = torch.zeros((), dtype=torch.float64, device=strategy.device)
+    for batch in tqdm(loader, desc=desc, disable=None if is_main_process() else True, leave=False):
+        batch = strategy.to_device(batch)
+        with strategy.autocast():
+            out = _as_outputs(step(model, batch))
+        n = batch_size_of(batch)
+        loss_sum += out["loss"].double() * n
+        count += n
+        if metrics:
+            out_m = map_tensors(out, lambda t: t.detach().to(mdev))
+            batch_m = map_tensors(batch, lambda t: t.to(mdev)) if mdev != strategy.device else batch
+            for m in metrics:
+                m.update(out_m, batch_m)
+    loss_sum, count = all_reduce_sum(loss_sum), all_reduce_sum(count)
+    result = {"loss": float(loss_sum / count.clamp(min=1))}
+    for m in metrics:
+        if is_distributed():
+            m.sync(lambda t: all_reduce_sum(t.to(strategy.device)).to(mdev))
+        result.update(m.compute())
+    model.train(was_training)
+    return result
 
 
 def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
