@@ -54,6 +54,12 @@ def lfw_hair_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def food101_root() -> Path:
+    """`MLDATA_ROOT/food101_sample` (contains `food-101/images`, `food-101/meta`)."""
+    return require_data("food101_sample")
+
+
+@pytest.fixture(scope="session")
 def shared_models() -> Path:
     """`../shared/models` (MediaPipe test model)."""
     root = _data_root()
