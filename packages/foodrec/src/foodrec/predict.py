@@ -1,0 +1,85 @@
+"""``foodrec-predict IMAGE... --checkpoint PATH [--top-k 5]``: the top-k dishes per photo with probabilities.
+
+Labels are the human-readable names of ``labels.txt``, read from the run's ``label_mapping.json``
+(next to ``checkpoints/``) or from ``--labels FILE``. One JSON object per photo on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
+from foodrec.data import DataError, eval_transform, load_image
+from foodrec.models import build_model
+from mlcore.checkpoint import CheckpointError, load_checkpoint
+from mlcore.cli import ArgumentParser, run_cli
+from mlcore.config import ConfigError
+
+
+def load_labels(checkpoint: Path, labels_file: str | None) -> list[str]:
+    """Class names in model-output order: ``--labels`` (JSON mapping or one name per line) or the run's
+    ``label_mapping.json``.
+
+    Raises:
+        CheckpointError: no label file found.
+    """
+    path = Path(labels_file) if labels_file else checkpoint.resolve().parent.parent / "label_mapping.json"
+    if not path.is_file():
+        raise CheckpointError(f"labels not found: {path} (pass --labels FILE)")
+    if path.suffix == ".json":
+        return list(json.loads(path.read_text())["labels"])
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images: Sequence[Path], labels: Sequence[str], size: int,
+            top_k: int = 5) -> list[dict]:
+    """Top-k ``[{"image", "top": [{"label", "probability"}, ...]}]`` (softmax probabilities, descending)."""
+    model.eval()
+    transform = eval_transform(size)
+    results = []
+    for path in images:
+        x = transform(load_image(path)).as_subclass(torch.Tensor).unsqueeze(0)
+        prob = torch.softmax(model(x).float(), dim=-1)[0]
+        p, i = prob.topk(min(top_k, prob.numel()))
+        results.append({"image": str(path), "top": [{"label": labels[j], "probability": round(float(q), 6)}
+                                                    for q, j in zip(p.tolist(), i.tolist(), strict=True)]})
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``foodrec-predict``: exit 0 ok, 2 bad flags, 1 unreadable image or checkpoint."""
+    p = ArgumentParser(prog="foodrec-predict", description=__doc__.splitlines()[0])
+    p.add_argument("images", nargs="+", help="photos (JPEG/PNG)")
+    p.add_argument("--checkpoint", required=True, help="best_*.pt / last.pt written by foodrec-train")
+    p.add_argument("--labels", default=None, help="label_mapping.json or labels.txt (default: the run's)")
+    p.add_argument("--top-k", type=int, default=5)
+
+    def run() -> int:
+        args = p.parse_args(argv)
+        if args.top_k < 1:
+            raise ConfigError(f"--top-k must be >= 1 (got {args.top_k})")
+        ckpt_path = Path(args.checkpoint)
+        ckpt = load_checkpoint(ckpt_path)
+        cfg = ckpt.get("config") or {}
+        if "backbone" not in cfg:
+            raise CheckpointError(f"{ckpt_path}: no foodrec config (expected a checkpoint from foodrec-train)")
+        labels = load_labels(ckpt_path, args.labels)
+        model = build_model(cfg["backbone"], num_classes=len(labels), pretrained=None)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{ckpt_path}: weights do not match {len(labels)} labels") from exc
+        for row in predict(model, [Path(i) for i in args.images], labels, cfg.get("image_size", 300), args.top_k):
+            print(json.dumps(row))
+        return 0
+
+    return run_cli(run, prog="foodrec-predict", user_errors=(DataError, CheckpointError))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
