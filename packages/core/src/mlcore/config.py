@@ -8,6 +8,7 @@ field is its ``--help`` text; ``metadata={"choices": (...)}`` restricts its valu
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,14 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def sample_data_dir(name: str) -> str | None:
+    """``$MLDATA_ROOT/<name>`` when that folder exists (a domain's default ``--data``), else None."""
+    root = os.environ.get("MLDATA_ROOT")
+    if root and (Path(root) / name).is_dir():
+        return str(Path(root) / name)
+    return None
 
 
 def flag(name: str) -> str:

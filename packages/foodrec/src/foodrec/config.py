@@ -9,27 +9,17 @@ backbone (``--stage1-epochs``, ``--stage1-lr``, no mixup), then everything.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from foodrec.models import BACKBONES
-from mlcore.config import ConfigError, TrainConfig, opt
-
-
-def default_data() -> str | None:
-    """``$MLDATA_ROOT/food101_sample`` when that folder exists, else None."""
-    root = os.environ.get("MLDATA_ROOT")
-    if root and (Path(root) / "food101_sample").is_dir():
-        return str(Path(root) / "food101_sample")
-    return None
+from mlcore.config import ConfigError, TrainConfig, opt, sample_data_dir
 
 
 @dataclass
 class FoodRecConfig(TrainConfig):
     """All ``foodrec-train`` options (see ``foodrec-train --help``)."""
 
-    data: str | None = opt(default_data(), "Food-101 root (the food-101 folder or its parent)")
+    data: str | None = opt(sample_data_dir("food101_sample"), "Food-101 root (the food-101 folder or its parent)")
     out: str = opt("runs/foodrec", "run directory")
     epochs: int = opt(150, "training epochs (stage 2 with --two-stage)")
     batch_size: int = opt(16, "micro-batch size per process")

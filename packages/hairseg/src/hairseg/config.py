@@ -8,27 +8,17 @@ weight decay 1e-5, micro-batch 4 x accumulation 4 (effective 16), 100 warmup ste
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from hairseg.models import ENCODERS
-from mlcore.config import ConfigError, TrainConfig, opt
-
-
-def default_data() -> str | None:
-    """``$MLDATA_ROOT/figaro1k`` when that folder exists (the sample data), else None."""
-    root = os.environ.get("MLDATA_ROOT")
-    if root and (Path(root) / "figaro1k").is_dir():
-        return str(Path(root) / "figaro1k")
-    return None
+from mlcore.config import ConfigError, TrainConfig, opt, sample_data_dir
 
 
 @dataclass
 class HairSegConfig(TrainConfig):
     """All ``hairseg-train`` options (see ``hairseg-train --help``)."""
 
-    data: str | None = opt(default_data(), "Figaro-1k root (or its parent), or a folder with images/ and masks/")
+    data: str | None = opt(sample_data_dir("figaro1k"), "Figaro-1k root (or its parent), or a folder with images/ and masks/")
     out: str = opt("runs/hairseg", "run directory")
     epochs: int = opt(5, "training epochs")
     batch_size: int = opt(4, "micro-batch size per process")
