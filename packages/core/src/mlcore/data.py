@@ -25,6 +25,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mlcore.distributed import env_world_size, get_rank, get_world_size, is_distributed
 from mlcore.seed import sample_seed
 
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""ImageNet RGB channel means (0..1 scale), the normalisation of ImageNet-pretrained backbones."""
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""ImageNet RGB channel standard deviations (0..1 scale)."""
+
 
 class ResumableSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, sample_seed)`` pairs: a seeded per-epoch permutation, sharded by rank.

@@ -29,8 +29,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".pbm", ".bmp", ".gif", ".tif", ".tiff")
 _CACHE_VERSION = "hairseg-cache-v1"  # bump when resizing/binarisation changes
