@@ -202,3 +202,26 @@ def run_cli(main: Callable[[], int | None], *, prog: str,
     except (CheckpointError, FileNotFoundError, *user_errors) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
+
+
+def train_main(config_cls: type[C], train: Callable[[C], dict[str, Any]], argv: Sequence[str] | None, *,
+               prog: str, presets_package: str, description: str, summary_keys: Sequence[str],
+               user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """The body of every ``<domain>-train``: parse flags into ``config_cls``, run ``train(cfg)``, print
+    ``summary_keys`` of its summary as one JSON line (rank 0 only), release the process group.
+
+    Returns the exit code of :func:`run_cli` (0 ok, 2 bad flags, 1 a ``user_errors`` failure).
+    """
+    import json
+
+    from mlcore.distributed import destroy_distributed, is_main_process
+
+    def run() -> int:
+        cfg = parse_config(config_cls, argv, prog=prog, presets_package=presets_package, description=description)
+        summary = train(cfg)
+        if is_main_process():
+            print(json.dumps({k: summary.get(k) for k in summary_keys}, default=str))
+        destroy_distributed()
+        return 0
+
+    return run_cli(run, prog=prog, user_errors=user_errors)

@@ -6,7 +6,6 @@ interrupted stage 2 resumes where it stopped (``--resume RUN_DIR``) and stage 1 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,8 +19,7 @@ from foodrec.losses import CombinedClassificationLoss, make_mixup
 from foodrec.metrics import ClassificationMetrics
 from foodrec.models import build_model, freeze_backbone
 from mlcore import Trainer, make_loader
-from mlcore.cli import parse_config, run_cli
-from mlcore.distributed import destroy_distributed, is_main_process
+from mlcore.cli import train_main
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
 from mlcore.trainer import with_overrides
@@ -89,18 +87,10 @@ def train(cfg: FoodRecConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``foodrec-train`` (exit 0 ok, 2 bad flags, 1 bad data or weights unavailable)."""
-
-    def run() -> int:
-        cfg = parse_config(FoodRecConfig, argv, prog="foodrec-train", presets_package="foodrec",
-                           description="Train a Food-101 classifier with mlcore.")
-        summary = train(cfg)
-        if is_main_process():
-            print(json.dumps({k: summary.get(k) for k in ("best", "steps", "epochs", "completed_stages",
-                                                            "samples_per_s", "wall_time_s")}, default=str))
-        destroy_distributed()
-        return 0
-
-    return run_cli(run, prog="foodrec-train", user_errors=(DataError, OSError))
+    return train_main(FoodRecConfig, train, argv, prog="foodrec-train", presets_package="foodrec",
+                      description="Train a Food-101 classifier with mlcore.",
+                      summary_keys=("best", "steps", "epochs", "completed_stages", "samples_per_s", "wall_time_s"),
+                      user_errors=(DataError, OSError))
 
 
 if __name__ == "__main__":

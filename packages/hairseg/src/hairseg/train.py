@@ -6,7 +6,6 @@ verdict, checkpoints/last.pt and best_val_iou.pt, TensorBoard) plus ``val_exampl
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,8 +19,7 @@ from hairseg.losses import BceDiceLoss
 from hairseg.metrics import HairSegMetrics, verdict
 from hairseg.models import build_model
 from mlcore import Trainer, make_loader
-from mlcore.cli import parse_config, run_cli
-from mlcore.distributed import destroy_distributed, is_main_process
+from mlcore.cli import train_main
 from mlcore.seed import seed_everything
 
 log = logging.getLogger("hairseg.train")
@@ -83,18 +81,10 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``hairseg-train`` (exit 0 ok, 2 bad flags, 1 bad data or weights unavailable)."""
-
-    def run() -> int:
-        cfg = parse_config(HairSegConfig, argv, prog="hairseg-train", presets_package="hairseg",
-                           description="Finetune a hair-segmentation U-Net (Figaro-1k) with mlcore.")
-        summary = train(cfg)
-        if is_main_process():
-            print(json.dumps({k: summary[k] for k in ("best", "verdict", "steps", "epochs", "samples_per_s",
-                                                        "wall_time_s")}, default=str))
-        destroy_distributed()
-        return 0
-
-    return run_cli(run, prog="hairseg-train", user_errors=(DataError, OSError))
+    return train_main(HairSegConfig, train, argv, prog="hairseg-train", presets_package="hairseg",
+                      description="Finetune a hair-segmentation U-Net (Figaro-1k) with mlcore.",
+                      summary_keys=("best", "verdict", "steps", "epochs", "samples_per_s", "wall_time_s"),
+                      user_errors=(DataError, OSError))
 
 
 if __name__ == "__main__":
