@@ -60,6 +60,37 @@ def food101_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def flowers_root() -> Path:
+    """`MLDATA_ROOT/flowers` (ImageFolder: `CLASS/NAME.jpg`, 5 classes, 128 px)."""
+    return require_data("flowers")
+
+
+@pytest.fixture(scope="session")
+def rid_root() -> Path:
+    """`MLDATA_ROOT/rid` (`images/`, `masks_superstructures_reviewed/`, `roof_outlines_reviewed/`,
+    `annotation_experiment/`, `vector_labels/`)."""
+    return require_data("rid")
+
+
+@pytest.fixture(scope="session")
+def rid_solarnet_root() -> Path:
+    """`MLDATA_ROOT/rid_solarnet` (`SPLIT/images/X.png`, `SPLIT/masks/X.png`)."""
+    return require_data("rid_solarnet")
+
+
+@pytest.fixture(scope="session")
+def roof_lines_root() -> Path:
+    """`MLDATA_ROOT/roof_lines` (`SPLIT/NNNNNN.jpg` + `SPLIT/NNNNNN.txt` roof line graphs)."""
+    return require_data("roof_lines")
+
+
+@pytest.fixture(scope="session")
+def videos_root() -> Path:
+    """`MLDATA_ROOT/videos` (`clips/NAME.mp4`, `captions.csv`)."""
+    return require_data("videos")
+
+
+@pytest.fixture(scope="session")
 def shared_models() -> Path:
     """`../shared/models` (MediaPipe test model)."""
     root = _data_root()

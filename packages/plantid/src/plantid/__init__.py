@@ -1,0 +1,1 @@
+"""plantid (work in progress)."""

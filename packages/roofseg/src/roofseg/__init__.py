@@ -1,0 +1,1 @@
+"""roofseg (work in progress)."""

@@ -1,0 +1,1 @@
+"""videogen (work in progress)."""
