@@ -124,3 +124,17 @@ def test_best_monitors():
     assert cfg.best_monitor_list() == [("val_iou", "max"), ("val_loss", "min"), ("val_f1", "max")]
     with pytest.raises(ConfigError, match="--best-monitors"):
         _parse(["--best-monitors", "val_loss"])
+
+
+def test_flag_aliases():
+    from dataclasses import dataclass
+
+    from mlcore.config import opt
+
+    @dataclass
+    class AliasConfig(TrainConfig):
+        resume: str | None = opt(None, "resume from a run or checkpoint", aliases=("--checkpoint",))
+
+    parser = build_parser(AliasConfig, "demo-train")
+    assert vars(parser.parse_args(["--checkpoint", "runs/x"]))["resume"] == "runs/x"
+    assert vars(parser.parse_args(["--resume", "runs/y"]))["resume"] == "runs/y"

@@ -85,3 +85,37 @@ def test_sample_randomness_is_independent_of_workers():
     before = torch.get_rng_state()
     list(make_loader(ds, batch_size=3, shuffle=True, seed=5, num_workers=0))
     assert torch.equal(before, torch.get_rng_state())  # loading does not disturb the model's RNG
+
+
+def test_checkpoint_aliases_are_the_same_file_and_resume(toy, tmp_path, params_of):
+    """A domain's own checkpoint names (``last_checkpoint.pt`` ...) are hard links renewed on every save."""
+    trainer, train, val = toy(epochs=2, monitor="val_top1", monitor_mode="max")
+    trainer.checkpoint_aliases = {"last.pt": "last_checkpoint.pt", "best_val_top1.pt": "best_accuracy.pt"}
+    trainer.fit(train, val)
+    ckpt = trainer.run_dir / "checkpoints"
+    for name, alias in trainer.checkpoint_aliases.items():
+        assert (ckpt / alias).samefile(ckpt / name), alias
+    assert not list(ckpt.glob(".*"))  # no temporary link left behind
+    assert load_checkpoint(ckpt / "last_checkpoint.pt")["global_step"] == trainer.global_step
+    # resuming from the alias continues the same run (nothing left to do: same parameters)
+    cfg = dataclasses.replace(trainer.config, resume=str(ckpt / "last_checkpoint.pt"))
+    resumed = Trainer(TinyCNN(), cfg, classification_step, metrics=[Accuracy()], run_dir=trainer.run_dir)
+    assert resumed.global_step == trainer.global_step
+    for k, v in params_of(trainer).items():
+        torch.testing.assert_close(resumed.raw_model.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_link_alias_falls_back_to_a_copy(tmp_path, monkeypatch):
+    import os
+
+    from mlcore.checkpoint import link_alias
+
+    src = tmp_path / "a.pt"
+    src.write_bytes(b"abc")
+
+    def no_links(*args, **kwargs):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    link_alias(src, tmp_path / "b.pt")
+    assert (tmp_path / "b.pt").read_bytes() == b"abc" and not (tmp_path / "b.pt").samefile(src)

@@ -44,14 +44,14 @@ configure_environment()
 
 from mlcore.callbacks import BestCheckpoint, Callback, EarlyStopping  # noqa: E402
 from mlcore.config import ConfigError, TrainConfig  # noqa: E402
-from mlcore.data import ResumableSampler, make_loader  # noqa: E402
+from mlcore.data import BadSampleLog, ResumableSampler, make_loader  # noqa: E402
 from mlcore.devices import DeviceStrategy, build_strategy  # noqa: E402
 from mlcore.metrics import Metric  # noqa: E402
 from mlcore.schedulers import build_scheduler  # noqa: E402
 from mlcore.trainer import NonFiniteLossError, Trainer  # noqa: E402
 
 __all__ = [
-    "BestCheckpoint", "Callback", "ConfigError", "DeviceStrategy", "EarlyStopping", "Metric",
+    "BadSampleLog", "BestCheckpoint", "Callback", "ConfigError", "DeviceStrategy", "EarlyStopping", "Metric",
     "NonFiniteLossError", "ResumableSampler", "TrainConfig", "Trainer", "build_scheduler",
     "build_strategy", "configure_environment", "make_loader",
 ]

@@ -44,6 +44,27 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(obj, f))
 
 
+def link_alias(target: str | Path, alias: str | Path) -> Path:
+    """Make ``alias`` another name of the file ``target`` (a hard link, so no extra disk), atomically.
+
+    The link is created under a temporary name and moved over ``alias`` with ``os.replace``, so a
+    reader sees either the previous file or the new one. Where hard links are not supported (some
+    network or FAT file systems) the file is copied with :func:`atomic_write` instead.
+    """
+    target, alias = Path(target), Path(alias)
+    tmp = alias.with_name(f".{alias.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(target, tmp)
+        os.replace(tmp, alias)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(target, "rb") as src:
+            data = src.read()
+        atomic_write(alias, lambda f: f.write(data))
+    return alias
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict with ``weights_only=True``.
 

@@ -117,7 +117,7 @@ def build_parser(config_cls: type[C], prog: str, description: str = "", presets_
             if "choices" in f.metadata:
                 kwargs["choices"] = f.metadata["choices"]
                 kwargs.pop("metavar")
-        parser.add_argument(f"--{flag(f.name)}", **kwargs)
+        parser.add_argument(f"--{flag(f.name)}", *f.metadata.get("aliases", ()), **kwargs)
     return parser
 
 

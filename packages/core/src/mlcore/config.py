@@ -22,7 +22,8 @@ class ConfigError(ValueError):
 
 
 def opt(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field with ``--help`` text (and optional ``choices``)."""
+    """A dataclass field with ``--help`` text (and optional ``choices``, and ``aliases``: extra flag
+    names such as ``("--checkpoint",)``)."""
     return field(default=default, metadata={"help": help, **meta})
 
 

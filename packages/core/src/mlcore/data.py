@@ -12,10 +12,15 @@ Exact mid-epoch resume needs two things a plain ``DataLoader`` does not give:
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
+import shutil
+import tempfile
+import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mlcore.distributed import env_world_size, get_rank, get_world_size, is_distributed
 from mlcore.seed import sample_seed
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """ImageNet RGB channel means (0..1 scale), the normalisation of ImageNet-pretrained backbones."""
@@ -145,6 +152,67 @@ class SeededDataset(Dataset):
             if in_main:
                 random.setstate(saved[0])
                 torch.set_rng_state(saved[1])
+
+
+class BadSampleLog:
+    """The samples a dataset skipped because they could not be read, counted across loader workers.
+
+    Each ``DataLoader`` worker holds its own copy of the dataset, so a list kept on the dataset only
+    sees what the main process read. Here every process appends ``path<TAB>reason`` lines to its own
+    file (named by its pid) in one folder; the object pickles as that folder's path, so worker copies
+    (fork or spawn) write where the owner reads. :meth:`paths` is then exact for any ``num_workers``.
+
+    Args:
+        folder: where to keep the per-process files (default: a temporary folder, removed when the
+            owning object is garbage-collected or the program exits).
+    """
+
+    def __init__(self, folder: str | Path | None = None) -> None:
+        if folder is None:
+            folder = tempfile.mkdtemp(prefix="mlcore-bad-samples-")
+            # only the creating process removes it (forked workers inherit the finalizer)
+            weakref.finalize(self, _remove_owned_folder, folder, os.getpid())
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._seen: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"folder": str(self.folder)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.folder, self._seen = Path(state["folder"]), set()
+
+    def record(self, path: str | Path, reason: str = "") -> None:
+        """Note that ``path`` was skipped (once per process; later repeats are ignored) and log a warning."""
+        key = str(path)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        log.warning("skipped unreadable sample %s: %s", key, reason)
+        line = key + "\t" + " ".join(reason.split()) + "\n"
+        with open(self.folder / f"{os.getpid()}.tsv", "a", encoding="utf-8") as f:
+            f.write(line)
+
+    def entries(self) -> dict[str, str]:
+        """``{path: reason}`` of every skipped sample, from all processes, first record of each path."""
+        out: dict[str, str] = {}
+        for file in sorted(self.folder.glob("*.tsv")):
+            for line in file.read_text(encoding="utf-8").splitlines():
+                path, _, reason = line.partition("\t")
+                out.setdefault(path, reason)
+        return out
+
+    def paths(self) -> list[str]:
+        """The skipped samples' paths, each once (sorted)."""
+        return sorted(self.entries())
+
+    def __len__(self) -> int:
+        return len(self.entries())
+
+
+def _remove_owned_folder(folder: str, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def make_loader(

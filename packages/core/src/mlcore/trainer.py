@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from mlcore.callbacks import BestCheckpoint, Callback, EarlyStopping
 from mlcore.checkpoint import (
     atomic_save,
+    link_alias,
     load_checkpoint,
     model_state_dict,
     resolve_resume_path,
@@ -88,6 +89,9 @@ class Trainer:
         callbacks: extra callbacks; early stopping and best checkpoints come from the config.
         strategy: a :class:`~mlcore.devices.DeviceStrategy` (default: from ``--device/--precision``).
         run_dir: where to write (default: ``config.out``).
+        checkpoint_aliases: extra names for checkpoint files, e.g. ``{"last.pt": "last_checkpoint.pt",
+            "best_val_top1.pt": "best_accuracy.pt"}`` for a domain whose plan names its files; each alias
+            is a hard link to the file (see :func:`~mlcore.checkpoint.link_alias`), renewed on every save.
     """
 
     def __init__(
@@ -102,8 +106,10 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         strategy: DeviceStrategy | None = None,
         run_dir: str | Path | None = None,
+        checkpoint_aliases: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.checkpoint_aliases = dict(checkpoint_aliases or {})
         self.strategy = strategy or build_strategy(config.device, config.precision,
                                                    channels_last=config.channels_last,
                                                    empty_cache_every=config.empty_cache_every)
@@ -427,7 +433,13 @@ class Trainer:
             return None
         obj = {"model": self._eval_weights(), "config": self.config.to_dict(), "epoch": self.epoch,
                "step": self.global_step, "stage": self.stage, **(extra or {})}
-        return atomic_save(obj, self.logger.ckpt_dir / name)
+        return self._write_checkpoint(obj, name)
+
+    def _write_checkpoint(self, obj: dict[str, Any], name: str) -> Path:
+        path = atomic_save(obj, self.logger.ckpt_dir / name)
+        if name in self.checkpoint_aliases:
+            link_alias(path, path.with_name(self.checkpoint_aliases[name]))
+        return path
 
     def _save_last(self, ctx: dict[str, Any], stage_step: int, epoch: int, batch_in_epoch: int) -> None:
         if not is_main_process():
@@ -453,7 +465,7 @@ class Trainer:
             "train_loss": ctx.get("train_loss", (0.0, 0)),
             "config": ctx["cfg"].to_dict(),
         }
-        atomic_save(state, self.logger.ckpt_dir / "last.pt")
+        self._write_checkpoint(state, "last.pt")
 
     # ------------------------------------------------------------------------------------------
     def _batches_per_epoch(self, loader: DataLoader) -> int:
