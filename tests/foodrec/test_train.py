@@ -11,6 +11,7 @@ from foodrec.config import FoodRecConfig
 from foodrec.eval import main as eval_main
 from foodrec.predict import main as predict_main
 from foodrec.train import main as train_main
+from mlcore.checkpoint import load_checkpoint
 
 
 def _argv(data, out, *extra):
@@ -48,8 +49,26 @@ def test_two_stage_run_and_resume(two_stage_run):
     val = [r for r in rows if r["split"] == "val"]
     assert [r["stage"] for r in val] == ["stage1", "stage2", "stage2"]
     assert {"top1", "top5", "f1", "precision", "recall"} <= set(val[-1])
-    for name in ("best_val_top1.pt", "best_val_f1.pt", "last.pt"):
-        assert (out / "checkpoints" / name).is_file(), name
+    ckpt = out / "checkpoints"
+    for name in ("best_val_top1.pt", "best_val_f1.pt", "last.pt", "final_model.pt"):
+        assert (ckpt / name).is_file(), name
+    # the seed's names are the same files as mlcore's
+    assert (ckpt / "best_accuracy.pt").samefile(ckpt / "best_val_top1.pt")
+    assert (ckpt / "best_f1.pt").samefile(ckpt / "best_val_f1.pt")
+    assert (ckpt / "last_checkpoint.pt").samefile(ckpt / "last.pt")
+    final = load_checkpoint(ckpt / "final_model.pt")
+    assert final["stage"] == "stage2" and final["step"] == summary["steps"] and len(final["classes"]) == 15
+    assert [r["split"] for r in final["history"]].count("val") == 3
+
+
+def test_checkpoint_flag_continues_a_run(tmp_path, food_data):
+    """``--checkpoint last_checkpoint.pt`` (the seed's flag and name) resumes like ``--resume``."""
+    out = tmp_path / "run"
+    assert train_main(_argv(food_data, out, "--epochs", "2", "--max-steps", "3", "--no-mixup")) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+    assert train_main(["--checkpoint", str(out / "checkpoints" / "last_checkpoint.pt"), "--max-steps", "5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 5
 
 
 def test_eval_writes_confusion_matrix_and_report(two_stage_run, food_data, tmp_path, capsys):

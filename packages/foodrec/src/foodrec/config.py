@@ -48,6 +48,8 @@ class FoodRecConfig(TrainConfig):
     stage1_lr: float = opt(1e-3, "stage 1 learning rate (with --two-stage)")
     val_fraction: float = opt(0.15, "stratified fraction of train held out for validation")
     skip_bad_images: bool = opt(False, "skip (and count) unreadable images instead of stopping")
+    resume: str | None = opt(None, "continue a run: its directory or a checkpoint (last_checkpoint.pt)",
+                             aliases=("--checkpoint",))
 
     def validate(self) -> None:
         super().validate()

@@ -33,7 +33,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from mlcore.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog  # noqa: F401  (the constants re-exported)
 
 PATH_COLUMNS = ("image_path", "path")
 LABEL_COLUMNS = ("label", "class")
@@ -370,14 +370,11 @@ class FoodDataset(torch.utils.data.Dataset):
         transform: :func:`train_transform` / :func:`eval_transform` (any callable on a ``tv_tensors.Image
             (3, H, W) uint8``); ``None`` returns the decoded uint8 image.
         skip_bad_images: a corrupt/unreadable image raises ``DataError`` naming its path when ``False``.
-            When ``True`` its path is appended to :attr:`bad_images` (once) and the next readable sample
-            (``i + 1``, ``i + 2``, ... wrapping; deterministic) is returned instead, with that sample's
-            ``index``. ``DataError`` is still raised when no sample is readable.
-
-    How the count reaches a run summary: :attr:`bad_images` is exact for loaders with ``num_workers=0``;
-    each DataLoader worker keeps its own copy, so multi-worker runs should call :func:`check_images` on the
-    samples before training (main process) and report that list; ``len(dataset.bad_images)`` is then a
-    lower bound of what the workers skipped.
+            When ``True`` it is recorded in :attr:`bad_log` (an :class:`mlcore.BadSampleLog`, shared by
+            every loader worker, so :attr:`bad_images` is exact for any ``num_workers``) and the next
+            readable sample (``i + 1``, ``i + 2``, ... wrapping; deterministic) is returned instead, with
+            that sample's ``index``. ``DataError`` is still raised when no sample is readable.
+        bad_log: where skipped images are recorded (default: a new one); datasets of one run may share it.
     """
 
     def __init__(
@@ -386,11 +383,17 @@ class FoodDataset(torch.utils.data.Dataset):
         transform: Callable[[tv_tensors.Image], torch.Tensor] | None,
         *,
         skip_bad_images: bool = False,
+        bad_log: BadSampleLog | None = None,
     ) -> None:
         self.samples = list(samples)
         self.transform = transform
         self.skip_bad_images = skip_bad_images
-        self.bad_images: list[Path] = []
+        self.bad_log = bad_log if bad_log is not None else BadSampleLog()
+
+    @property
+    def bad_images(self) -> list[Path]:
+        """Paths of the images skipped so far (by any loader worker), each once, sorted."""
+        return [Path(p) for p in self.bad_log.paths()]
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -414,7 +417,6 @@ class FoodDataset(torch.utils.data.Dataset):
             i = (index + step) % n
             try:
                 return self._item(i)
-            except DataError:
-                if self.samples[i].path not in self.bad_images:
-                    self.bad_images.append(self.samples[i].path)
+            except DataError as err:
+                self.bad_log.record(self.samples[i].path, str(err))
         raise DataError(f"no readable image among the {n} samples (first bad: {self.samples[index].path})")

@@ -18,13 +18,20 @@ from foodrec.data import DataError, FoodDataset, eval_transform, load_index, tra
 from foodrec.losses import CombinedClassificationLoss, make_mixup
 from foodrec.metrics import ClassificationMetrics
 from foodrec.models import build_model, freeze_backbone
-from mlcore import Trainer, make_loader
+from mlcore import BadSampleLog, Trainer, make_loader
 from mlcore.cli import train_main
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
 from mlcore.trainer import with_overrides
 
 log = logging.getLogger("foodrec.train")
+
+SEED_CHECKPOINT_NAMES = {
+    "last.pt": "last_checkpoint.pt",
+    "best_val_top1.pt": "best_accuracy.pt",
+    "best_val_f1.pt": "best_f1.pt",
+}
+"""The seed's checkpoint file names, kept as hard links beside mlcore's (``last.pt``, ``best_<metric>.pt``)."""
 
 
 def make_step(loss_fn: torch.nn.Module, mixup: Any | None):
@@ -48,9 +55,11 @@ def train(cfg: FoodRecConfig) -> dict[str, Any]:
     """Train with ``cfg``; returns the last stage's summary (``summary.json``)."""
     seed_everything(cfg.seed)
     index = load_index(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
+    bad_log = BadSampleLog()  # one record of skipped images for both splits and every loader worker
     train_ds = FoodDataset(index.samples("train"), train_transform(cfg.image_size),
-                           skip_bad_images=cfg.skip_bad_images)
-    val_ds = FoodDataset(index.samples("val"), eval_transform(cfg.image_size), skip_bad_images=cfg.skip_bad_images)
+                           skip_bad_images=cfg.skip_bad_images, bad_log=bad_log)
+    val_ds = FoodDataset(index.samples("val"), eval_transform(cfg.image_size),
+                         skip_bad_images=cfg.skip_bad_images, bad_log=bad_log)
     log.info("data %s: %d classes, %d train, %d val", cfg.data, len(index.classes), len(train_ds), len(val_ds))
     kw = dict(num_workers=cfg.num_workers, seed=cfg.seed)
     # mixing pairs samples, so training batches are full (drop_last) when mixup is on
@@ -63,7 +72,8 @@ def train(cfg: FoodRecConfig) -> dict[str, Any]:
                                          label_smoothing=cfg.label_smoothing, gamma=cfg.focal_gamma)
     mixup = make_mixup(len(index.classes), mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
                        switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing) if cfg.mixup else None
-    trainer = Trainer(model, cfg, make_step(loss_fn, mixup), metrics=[ClassificationMetrics(len(index.classes))])
+    trainer = Trainer(model, cfg, make_step(loss_fn, mixup), metrics=[ClassificationMetrics(len(index.classes))],
+                      checkpoint_aliases=SEED_CHECKPOINT_NAMES)
     if trainer.logger.enabled:
         write_json_atomic(trainer.run_dir / "label_mapping.json",
                           {"classes": index.classes, "labels": index.labels})
@@ -79,7 +89,10 @@ def train(cfg: FoodRecConfig) -> dict[str, Any]:
         summary = trainer.fit(train_loader, val_loader, stage="stage2")
     else:
         summary = trainer.fit(train_loader, val_loader)
-    summary["bad_images"] = [str(p) for p in (*train_ds.bad_images, *val_ds.bad_images)]
+    # the seed's final_model.pt: the weights training ended with (EMA if on), the classes and the history
+    trainer.save_weights("final_model.pt", extra={"classes": index.classes, "labels": index.labels,
+                                                  "history": trainer.history})
+    summary["bad_images"] = bad_log.paths()
     trainer.logger.write_summary(summary)
     trainer.close()
     return summary
