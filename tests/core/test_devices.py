@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import mlcore
+from mlcore.config import ConfigError, TrainConfig
 from mlcore.devices import CPUStrategy, CUDAStrategy, build_strategy, resolve_device, split_batch
 from mlcore.seed import sample_seed, seed_everything
 
@@ -122,6 +123,17 @@ def test_profile_writes_trace_and_table(toy, capsys):
     assert "aten::" in capsys.readouterr().out
     summary = json.loads((trainer.run_dir / "summary.json").read_text())
     assert summary["samples_per_s"] > 0
+
+
+def test_profile_steps_sets_the_recorded_steps(toy):
+    # 40 samples / batch 4 = 10 steps: wait 1 + warmup 1 + active 2 records ProfilerStep#2 and #3 only
+    trainer, train, _ = toy(epochs=1, profile=True, profile_steps=2)
+    trainer.fit(train)
+    trace = next((trainer.run_dir / "profile").glob("*.pt.trace.json")).read_text()
+    assert "ProfilerStep#2" in trace and "ProfilerStep#3" in trace
+    assert "ProfilerStep#4" not in trace
+    with pytest.raises(ConfigError, match="--profile-steps"):
+        TrainConfig(profile_steps=0).validate()
 
 
 def test_compile_option_trains_compiled_model(toy, params_of):

@@ -59,6 +59,7 @@ class TrainConfig:
     deterministic: bool = opt(False, "use deterministic algorithms only")
     resume: str | None = opt(None, "resume from a run directory or a last.pt checkpoint")
     profile: bool = opt(False, "profile a few steps with torch.profiler (trace under <out>/profile)")
+    profile_steps: int = opt(3, "optimizer steps --profile records (after 1 skipped and 1 warmup step)")
     pretrained: bool = opt(True, "start from pretrained weights where the model has them")
     weights: str | None = opt(None, "initialise the model from this checkpoint file")
     clip_grad_norm: float | None = opt(1.0, "clip the global gradient norm to this value (none: off)")
@@ -79,7 +80,8 @@ class TrainConfig:
         """Check values; raises :class:`ConfigError` naming the flag."""
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps,
                     "image_size": self.image_size, "eval_every_epochs": self.eval_every_epochs,
-                    "log_every_steps": self.log_every_steps}
+                    "log_every_steps": self.log_every_steps,
+                    "profile_steps": self.profile_steps}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1 (got {value})")

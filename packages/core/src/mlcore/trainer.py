@@ -232,7 +232,8 @@ class Trainer:
                  stage, epochs, updates_per_epoch, accum, cfg.batch_size, self.world_size, warmup,
                  self.strategy.describe())
         self._resume = None
-        profiler = StepProfiler(self.run_dir / "profile") if cfg.profile and is_main_process() else None
+        profiler = (StepProfiler(self.run_dir / "profile", active=cfg.profile_steps)
+                    if cfg.profile and is_main_process() else None)
         prev_handler = self._install_sigterm()
         ctx: dict[str, Any] = dict(optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
         bar = tqdm(total=total_steps, initial=stage_step, desc=stage, disable=None if is_main_process() else True,
