@@ -1,1 +1,6 @@
-"""roofseg (work in progress)."""
+"""roofseg: roof superstructures, roof segments, roof lines and outlines from aerial tiles on mlcore.
+
+Data: RID (Krapf et al. 2022), SolarNet+ masks, roof line graphs (Hensel et al. 2021), AIRS-style
+folders. Commands: ``roofseg-train``, ``roofseg-eval``, ``roofseg-predict``, ``roofseg-agreement``,
+``roofseg-data``.
+"""

