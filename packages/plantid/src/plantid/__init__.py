@@ -1,1 +1,6 @@
-"""plantid (work in progress)."""
+"""plantid: plant identification by fine-tuning DINOv2 (transformers) or EfficientNet-Lite0 (timm) on mlcore,
+with on-device kornia augmentation, gradient accumulation and profiling (issue 5; plan ``../shared/seeds/004``).
+
+Commands: ``plantid-train``, ``plantid-eval``, ``plantid-predict``, ``plantid-data``. Submodules are
+imported on use (``plantid.models``, ``plantid.data``, ...), so ``import plantid`` is cheap.
+"""
