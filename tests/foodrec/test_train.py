@@ -49,6 +49,7 @@ def test_two_stage_run_and_resume(two_stage_run):
     val = [r for r in rows if r["split"] == "val"]
     assert [r["stage"] for r in val] == ["stage1", "stage2", "stage2"]
     assert {"top1", "top5", "f1", "precision", "recall"} <= set(val[-1])
+    assert len([k for k in val[-1] if k.startswith("f1/")]) == 15  # per-class F1 every epoch
     ckpt = out / "checkpoints"
     for name in ("best_val_top1.pt", "best_val_f1.pt", "last.pt", "final_model.pt"):
         assert (ckpt / name).is_file(), name

@@ -409,7 +409,7 @@ class Trainer:
         self.history.append(row)
         self.logger.log_metrics(row)
         log.info("eval %s epoch %d step %d: %s", split, self.epoch, self.global_step,
-                 ", ".join(f"{k}={v:.4f}" for k, v in result.items()))
+                 ", ".join(f"{k}={v:.4f}" for k, v in result.items() if "/" not in k))  # no per-class detail
         flat = {f"{split}_{k}": v for k, v in result.items()}
         for cb in self.callbacks:
             cb.on_evaluate(self, flat)

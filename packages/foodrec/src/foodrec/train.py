@@ -72,7 +72,7 @@ def train(cfg: FoodRecConfig) -> dict[str, Any]:
                                          label_smoothing=cfg.label_smoothing, gamma=cfg.focal_gamma)
     mixup = make_mixup(len(index.classes), mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,
                        switch_prob=cfg.mixup_switch_prob, label_smoothing=cfg.label_smoothing) if cfg.mixup else None
-    trainer = Trainer(model, cfg, make_step(loss_fn, mixup), metrics=[ClassificationMetrics(len(index.classes))],
+    trainer = Trainer(model, cfg, make_step(loss_fn, mixup), metrics=[ClassificationMetrics(len(index.classes), index.classes)],
                       checkpoint_aliases=SEED_CHECKPOINT_NAMES)
     if trainer.logger.enabled:
         write_json_atomic(trainer.run_dir / "label_mapping.json",

@@ -1,4 +1,4 @@
-"""foodrec.metrics: ClassificationMetrics against torchmetrics, and summing across ranks."""
+"""mlcore.metrics.ClassificationMetrics against torchmetrics, summing across ranks, per-class F1."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from foodrec.metrics import ClassificationMetrics
+from mlcore.metrics import ClassificationMetrics
 
 C = 10
 
@@ -93,6 +93,12 @@ def test_per_class_f1_and_reset():
     assert metric.compute() == {"top1": 0.0, "top5": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0}
     with pytest.raises(ValueError, match="classes: expected 3 names"):
         metric.per_class_f1(["a"])
+    named = ClassificationMetrics(3, ["a", "b", "c"])
+    named.update({"logits": logits}, {"label": labels})
+    assert {k: v for k, v in named.compute().items() if "/" in k} == pytest.approx(
+        {"f1/a": 2 / 3, "f1/b": 4 / 5, "f1/c": 0.0})
+    with pytest.raises(ValueError, match="class_names: expected 3 names"):
+        ClassificationMetrics(3, ["a"])
 
 
 def test_bad_inputs():
