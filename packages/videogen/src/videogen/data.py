@@ -1,0 +1,494 @@
+"""Video clips for training and evaluation: captions index, PyAV decoding with seek, curriculum phases.
+
+A dataset is a folder with ``captions.csv`` (columns ``path,caption`` and optionally ``phase`` and
+``tags``; ``path`` relative to the folder) and the clips it names, as in ``$MLDATA_ROOT/videos``.
+
+- :func:`probe_clip` reads a clip's metadata (duration, fps, size, frame count) from the container
+  headers; :class:`ClipIndex` probes every clip once and caches the result in a JSON file keyed by
+  path, size and modification time.
+- :func:`read_clip` decodes ``T`` frames at a target fps (or every ``stride``-th source frame)
+  starting at a time offset: it seeks to the keyframe before the offset and decodes only up to the
+  last needed frame (no full-file decode), then resizes (short side) and centre/random crops.
+- :func:`motion_score` (mean absolute difference of consecutive frames) orders clips from calm
+  to busy for the curriculum when ``captions.csv`` has no ``phase`` column.
+- A clip that cannot be opened or decoded is reported with its path and skipped with a count;
+  it never stops a long run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+log = logging.getLogger("videogen.data")
+
+CAPTIONS = "captions.csv"
+NUM_PHASES = 5
+
+
+class DataError(ValueError):
+    """The dataset folder, its ``captions.csv`` or a clip is unusable; the message names the file."""
+
+
+@dataclass
+class ClipInfo:
+    """Metadata of one clip, probed from the container (seconds, frames per second, pixels)."""
+
+    path: str
+    caption: str
+    duration: float
+    fps: float
+    width: int
+    height: int
+    frames: int
+    phase: int | None = None
+    tags: str = ""
+    motion: float | None = None
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+
+@dataclass
+class ClipIndex:
+    """The usable clips of a dataset folder plus the ones skipped (path -> reason)."""
+
+    root: Path
+    clips: list[ClipInfo]
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def split(self, val_clips: str) -> tuple[list[ClipInfo], list[ClipInfo]]:
+        """``(train, val)`` clips. ``val_clips`` is ``"none"``, ``"auto"`` (every 5th clip in sorted
+        path order, starting with the 5th: with the 5 sample clips, ``clips/fire2.mp4``) or a
+        comma-separated list of clip paths or file names.
+
+        Raises:
+            DataError: a named validation clip is not in the index.
+        """
+        ordered = sorted(self.clips, key=lambda c: c.path)
+        if val_clips == "none":
+            return ordered, []
+        if val_clips == "auto":
+            val = [c for i, c in enumerate(ordered) if i % 5 == 4]
+            if not val and len(ordered) > 1:
+                val = [ordered[-1]]
+        else:
+            wanted = [w.strip() for w in val_clips.split(",") if w.strip()]
+            val = []
+            for w in wanted:
+                hit = [c for c in ordered if c.path == w or c.name == w]
+                if not hit:
+                    raise DataError(f"--val-clips: {w!r} is not a clip of {self.root / CAPTIONS} "
+                                    f"(clips: {', '.join(c.path for c in ordered)})")
+                val.extend(hit)
+        names = {c.path for c in val}
+        return [c for c in ordered if c.path not in names], val
+
+
+def find_root(data: str | Path) -> Path:
+    """The folder holding ``captions.csv``: ``data`` itself or ``data/videos``.
+
+    Raises:
+        DataError: neither holds a ``captions.csv``.
+    """
+    data = Path(data)
+    for cand in (data, data / "videos"):
+        if (cand / CAPTIONS).is_file():
+            return cand
+    raise DataError(f"--data {data}: no {CAPTIONS} here or in {data / 'videos'} (expected columns path,caption)")
+
+
+def read_captions(root: Path) -> list[dict[str, Any]]:
+    """Rows of ``root/captions.csv`` as ``{"path", "caption", "phase" (int|None), "tags"}``.
+
+    Raises:
+        DataError: missing columns, an empty file or a ``phase`` outside 1..5 (line number named).
+    """
+    path = root / CAPTIONS
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        cols = reader.fieldnames or []
+        if "path" not in cols or "caption" not in cols:
+            raise DataError(f"{path}: expected columns path,caption (optional phase,tags), got {','.join(cols)}")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            phase = (row.get("phase") or "").strip()
+            if phase:
+                try:
+                    p = int(phase)
+                except ValueError:
+                    p = -1
+                if not 1 <= p <= NUM_PHASES:
+                    raise DataError(f"{path}:{line}: phase must be an integer 1..{NUM_PHASES}, got {phase!r}")
+            rows.append({"path": (row["path"] or "").strip(), "caption": (row["caption"] or "").strip(),
+                         "phase": int(phase) if phase else None, "tags": (row.get("tags") or "").strip()})
+    if not rows:
+        raise DataError(f"{path}: no clips listed")
+    return rows
+
+
+def probe_clip(path: str | Path) -> dict[str, Any]:
+    """Duration (s), fps, width, height and frame count of a video file's first video stream.
+
+    Reads container headers only; when the stream does not state its frame count it is estimated
+    as ``round(duration * fps)``.
+
+    Raises:
+        DataError: the file cannot be opened or has no video stream (message names the path).
+    """
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: no video stream")
+            s = container.streams.video[0]
+            fps = float(s.average_rate or s.guessed_rate or 0)
+            if s.duration is not None and s.time_base is not None:
+                duration = float(s.duration * s.time_base)
+            elif container.duration is not None:
+                duration = container.duration / 1e6
+            else:
+                duration = 0.0
+            frames = int(s.frames) or int(round(duration * fps))
+            width, height = s.codec_context.width, s.codec_context.height
+    except DataError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot open video ({type(exc).__name__}: {exc})") from exc
+    if fps <= 0 or duration <= 0 or width <= 0 or height <= 0:
+        raise DataError(f"{path}: unusable stream (fps {fps}, duration {duration}, size {width}x{height})")
+    return {"duration": duration, "fps": fps, "width": width, "height": height, "frames": frames}
+
+
+def sample_times(duration: float, num_frames: int, fps: float | None, src_fps: float, stride: int,
+                 start: float) -> np.ndarray:
+    """Timestamps (s) of ``num_frames`` frames from ``start``: every ``1/fps`` s when ``fps`` is set,
+    else every ``stride`` source frames. Times past the end are clamped to the last frame."""
+    step = 1.0 / fps if fps else stride / src_fps
+    times = start + step * np.arange(num_frames)
+    return np.minimum(times, max(duration - 0.5 / src_fps, 0.0))
+
+
+def window_seconds(num_frames: int, fps: float | None, src_fps: float, stride: int) -> float:
+    """Length in seconds spanned by ``num_frames`` sampled frames."""
+    step = 1.0 / fps if fps else stride / src_fps
+    return step * (num_frames - 1)
+
+
+def _decode_times(path: str | Path, times: np.ndarray) -> list[np.ndarray]:
+    """Decode the frames showing at ``times`` (sorted, seconds) as ``(H, W, 3) uint8`` arrays.
+
+    Seeks to the keyframe at or before ``times[0]`` and decodes forward until the last time is
+    covered; each time gets the last frame whose timestamp is <= it (the first frame if none).
+    """
+    out: list[np.ndarray | None] = [None] * len(times)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = float(stream.time_base)
+        start_pts = int(times[0] / tb)
+        container.seek(max(start_pts, 0), stream=stream, backward=True, any_frame=False)
+        prev: np.ndarray | None = None
+        i = 0
+        for frame in container.decode(stream):
+            t = frame.time if frame.time is not None else (frame.pts or 0) * tb
+            while i < len(times) and t > times[i] + 1e-6:
+                out[i] = prev if prev is not None else frame.to_ndarray(format="rgb24")
+                i += 1
+            if i >= len(times):
+                break
+            prev = frame.to_ndarray(format="rgb24")
+        while i < len(times):
+            if prev is None:
+                raise DataError(f"{path}: no frame decoded at {times[i]:.3f} s (truncated file?)")
+            out[i] = prev
+            i += 1
+    return out  # type: ignore[return-value]
+
+
+def resize_crop(frames: torch.Tensor, size: int | tuple[int, int], crop: str = "center",
+                rng: random.Random | None = None) -> torch.Tensor:
+    """Resize ``(T, 3, H, W)`` frames so the short side covers the crop, then crop to ``size``.
+
+    Args:
+        frames: ``(T, 3, H, W)`` float32 in [0, 1].
+        size: output ``S`` (square) or ``(H, W)`` in px.
+        crop: ``"center"`` or ``"random"`` (offset drawn from ``rng``).
+
+    Returns:
+        ``(T, 3, h, w)`` float32 in [0, 1] (bilinear with antialiasing).
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    _, _, H, W = frames.shape
+    scale = max(h / H, w / W)
+    nh, nw = max(h, round(H * scale)), max(w, round(W * scale))
+    if (nh, nw) != (H, W):
+        frames = F.interpolate(frames, size=(nh, nw), mode="bilinear", align_corners=False,
+                               antialias=True).clamp_(0, 1)
+    if crop == "random":
+        rng = rng or random
+        top, left = rng.randint(0, nh - h), rng.randint(0, nw - w)
+    else:
+        top, left = (nh - h) // 2, (nw - w) // 2
+    return frames[:, :, top:top + h, left:left + w]
+
+
+def read_clip(path: str | Path, num_frames: int = 16, *, fps: float | None = None, stride: int = 1,
+              start: float = 0.0, size: int | tuple[int, int] | None = None, crop: str = "center",
+              rng: random.Random | None = None, info: dict[str, Any] | None = None) -> torch.Tensor:
+    """Decode ``num_frames`` frames of a clip from ``start`` seconds.
+
+    Args:
+        path: video file.
+        num_frames: frames to return (``T``).
+        fps: target frame rate (frames are sampled every ``1/fps`` s); ``None``: every ``stride``-th
+            source frame.
+        start: first frame's time in seconds (clamped so the window fits when it can).
+        size: output size in px (short side resize + crop); ``None`` keeps the source size.
+        crop: ``"center"`` or ``"random"``.
+        info: the clip's :func:`probe_clip` result (probed when not given).
+
+    Returns:
+        ``(T, 3, H, W)`` float32 in [0, 1]. A clip shorter than the window repeats its last frame.
+
+    Raises:
+        DataError: unreadable or truncated file (message names the path).
+    """
+    info = info or probe_clip(path)
+    span = window_seconds(num_frames, fps, info["fps"], stride)
+    start = float(min(max(start, 0.0), max(info["duration"] - span - 1.0 / info["fps"], 0.0)))
+    times = sample_times(info["duration"], num_frames, fps, info["fps"], stride, start)
+    try:
+        arrays = _decode_times(path, times)
+    except DataError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: decoding failed ({type(exc).__name__}: {exc})") from exc
+    frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div_(255.0)
+    if size is not None:
+        frames = resize_crop(frames, size, crop, rng)
+    return frames
+
+
+def motion_score(path: str | Path, info: dict[str, Any] | None = None, *, samples: int = 16,
+                 size: int = 64) -> float:
+    """Mean absolute difference between consecutive frames (0..1 scale), over ``samples`` frames
+    spread evenly across the clip at ``size`` px: low for a calm clip, high for fast motion/cuts."""
+    info = info or probe_clip(path)
+    fps = (samples - 1) / max(info["duration"] - 1.0 / info["fps"], 1e-3)
+    frames = read_clip(path, samples, fps=min(fps, info["fps"]), size=size, info=info)
+    return float((frames[1:] - frames[:-1]).abs().mean())
+
+
+def _cache_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
+
+
+def build_index(data: str | Path, *, cache_dir: str | Path | None = None, with_motion: bool = True) -> ClipIndex:
+    """Probe every clip of ``captions.csv`` once (cached) and return the usable ones.
+
+    Clips that are missing, unreadable or truncated are logged with their path and reason and
+    left out (``index.skipped``); the run goes on with the rest.
+
+    Args:
+        data: the dataset folder (holding ``captions.csv``) or its parent.
+        cache_dir: where the probe cache lives (default ``$VIDEOGEN_CACHE`` or ``~/.cache/videogen``).
+        with_motion: also measure :func:`motion_score` (needed for curriculum ordering).
+
+    Raises:
+        DataError: no ``captions.csv`` or no usable clip at all.
+    """
+    root = find_root(data)
+    rows = read_captions(root)
+    cache_dir = Path(cache_dir or os.environ.get("VIDEOGEN_CACHE") or Path.home() / ".cache" / "videogen")
+    cache_file = cache_dir / f"probe-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]}.json"
+    try:
+        cache = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    clips, skipped, changed = [], {}, False
+    for row in rows:
+        path = root / row["path"]
+        if not path.is_file():
+            skipped[row["path"]] = "file not found"
+            log.warning("skipping %s: file not found", path)
+            continue
+        key = _cache_key(path)
+        meta = cache.get(key)
+        try:
+            if meta is None:
+                meta = probe_clip(path)
+                changed = True
+            if with_motion and meta.get("motion") is None:
+                meta["motion"] = motion_score(path, meta)
+                changed = True
+        except DataError as exc:
+            skipped[row["path"]] = str(exc)
+            log.warning("skipping unreadable clip %s", exc)
+            continue
+        cache[key] = meta
+        clips.append(ClipInfo(path=row["path"], caption=row["caption"], phase=row["phase"], tags=row["tags"],
+                              **{k: meta[k] for k in ("duration", "fps", "width", "height", "frames")},
+                              motion=meta.get("motion")))
+    if changed:
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            os.replace(tmp, cache_file)
+        except OSError as exc:  # a read-only home must not stop training
+            log.warning("cannot write the probe cache %s: %s", cache_file, exc)
+    if skipped:
+        log.warning("%d of %d clips skipped (unreadable or missing): %s", len(skipped), len(rows),
+                    ", ".join(skipped))
+    if not clips:
+        raise DataError(f"{root / CAPTIONS}: none of the {len(rows)} clips is readable")
+    return ClipIndex(root=root, clips=clips, skipped=skipped)
+
+
+def assign_phases(clips: Sequence[ClipInfo], num_phases: int = NUM_PHASES) -> dict[int, list[ClipInfo]]:
+    """Clips of each curriculum phase ``1..num_phases``.
+
+    With a ``phase`` column, a clip belongs to its phase, and the last phase (the seed's
+    "refinement mix") gets every clip when no clip names it. Without one, clips are sorted by
+    :func:`motion_score` (calm first) and phase ``p < num_phases`` gets the calmest
+    ``ceil(p / (num_phases - 1) * n)`` clips (simple before complex, each phase adding busier clips);
+    the last phase gets all of them. A phase is never empty: it falls back to the previous phase's clips.
+    """
+    out: dict[int, list[ClipInfo]] = {}
+    if clips and all(c.phase is not None for c in clips):
+        for p in range(1, num_phases + 1):
+            out[p] = [c for c in clips if c.phase == p]
+        if not out[num_phases]:
+            out[num_phases] = list(clips)
+    else:
+        ordered = sorted(clips, key=lambda c: (c.motion if c.motion is not None else math.inf, c.path))
+        n = len(ordered)
+        for p in range(1, num_phases):
+            out[p] = ordered[: max(1, math.ceil(p / (num_phases - 1) * n))]
+        out[num_phases] = ordered
+    for p in range(1, num_phases + 1):
+        if not out[p]:
+            out[p] = out.get(p - 1) or list(clips)
+    return out
+
+
+class VideoClipDataset(Dataset):
+    """``samples`` training items drawn round-robin from ``clips``: item ``i`` is a ``T``-frame window
+    of clip ``i % len(clips)``.
+
+    Training (``train=True``): random window start and random crop (from the global RNGs, which
+    :func:`mlcore.make_loader` seeds per (seed, epoch, index), so resume is exact). Evaluation:
+    ``windows_per_clip`` evenly spaced windows per clip and a centre crop; ``samples`` is ignored.
+
+    Items: ``{"video": (3, T, H, W) float32 in [0, 1], "caption": str, "index": int}``.
+
+    A clip that fails to decode is logged with its path once and replaced by the next clip
+    (``failures`` counts them in this process); when every clip fails, :class:`DataError`.
+
+    Args:
+        root: dataset folder (paths in ``clips`` are relative to it).
+        clips: the clips to draw from.
+        num_frames, fps, stride: see :func:`read_clip`.
+        size: output size in px.
+        cache_frames: decode each clip once into memory at the output scale (uint8) and cut windows
+            from it: for small clip sets (the sample data, tests) where per-item decoding would
+            dominate a step on a 2-core CPU. Off by default (per-item seek + decode).
+    """
+
+    def __init__(self, root: str | Path, clips: Sequence[ClipInfo], *, num_frames: int = 16, size: int = 256,
+                 fps: float | None = 8.0, stride: int = 1, train: bool = True, samples: int | None = None,
+                 windows_per_clip: int = 1, cache_frames: bool = False) -> None:
+        if not clips:
+            raise DataError(f"{root}: no clips to load")
+        self.root, self.clips = Path(root), list(clips)
+        self.num_frames, self.size, self.fps, self.stride = num_frames, size, fps, stride
+        self.train, self.cache_frames = train, cache_frames
+        self.windows_per_clip = windows_per_clip
+        self.samples = samples if (train and samples) else len(self.clips) * (1 if train else windows_per_clip)
+        self.failures = 0
+        self._failed: set[str] = set()
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def _info(self, clip: ClipInfo) -> dict[str, Any]:
+        return asdict(clip)
+
+    def _window_start(self, clip: ClipInfo, index: int) -> float:
+        span = window_seconds(self.num_frames, self.fps, clip.fps, self.stride)
+        room = max(clip.duration - span - 1.0 / clip.fps, 0.0)
+        if self.train:
+            return random.uniform(0.0, room)
+        k = index % self.windows_per_clip if self.windows_per_clip > 1 else 0
+        return room * (k + 0.5) / self.windows_per_clip if self.windows_per_clip > 1 else room / 2
+
+    def _cached_frames(self, clip: ClipInfo) -> tuple[torch.Tensor, float]:
+        """All frames of the clip at ``fps`` (or every stride-th), short side resized, as uint8."""
+        if clip.path not in self._cache:
+            src_fps = self.fps or clip.fps / self.stride
+            n = max(1, int(clip.duration * src_fps))
+            frames = read_clip(self.root / clip.path, n, fps=self.fps, stride=self.stride, info=self._info(clip))
+            _, _, H, W = frames.shape
+            scale = self.size / min(H, W)
+            frames = F.interpolate(frames, size=(max(self.size, round(H * scale)), max(self.size, round(W * scale))),
+                                   mode="bilinear", align_corners=False, antialias=True)
+            self._cache[clip.path] = (frames.clamp(0, 1) * 255).round().to(torch.uint8)
+        return self._cache[clip.path], self.fps or clip.fps / self.stride
+
+    def _load(self, clip: ClipInfo, index: int) -> torch.Tensor:
+        crop = "random" if self.train else "center"
+        if self.cache_frames:
+            frames, rate = self._cached_frames(clip)
+            n = frames.shape[0]
+            start = round(self._window_start(clip, index) * rate)
+            start = min(max(start, 0), max(n - self.num_frames, 0))
+            idx = torch.clamp(torch.arange(start, start + self.num_frames), max=n - 1)
+            return resize_crop(frames[idx].float().div_(255.0), self.size, crop)
+        return read_clip(self.root / clip.path, self.num_frames, fps=self.fps, stride=self.stride,
+                         start=self._window_start(clip, index), size=self.size, crop=crop, info=self._info(clip))
+
+    def clip_of(self, index: int) -> ClipInfo:
+        """The clip item ``index`` is drawn from."""
+        per = 1 if self.train else self.windows_per_clip
+        return self.clips[(index // per) % len(self.clips)] if not self.train else self.clips[index % len(self.clips)]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        for attempt in range(len(self.clips)):
+            clip = self.clip_of(index) if attempt == 0 else self.clips[(self.clips.index(self.clip_of(index)) + attempt)
+                                                                     % len(self.clips)]
+            if clip.path in self._failed:
+                continue
+            try:
+                video = self._load(clip, index)
+            except DataError as exc:
+                self.failures += 1
+                self._failed.add(clip.path)
+                log.warning("skipping clip that failed to decode (%d so far in this process): %s",
+                            self.failures, exc)
+                continue
+            return {"video": video.permute(1, 0, 2, 3).contiguous(), "caption": clip.caption, "index": index}
+        raise DataError(f"{self.root}: every clip failed to decode ({', '.join(sorted(self._failed))})")
+
+
+def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack videos to ``(B, 3, T, H, W)``; captions stay a list of str."""
+    return {"video": torch.stack([b["video"] for b in batch]), "caption": [b["caption"] for b in batch],
+            "index": torch.tensor([b["index"] for b in batch])}

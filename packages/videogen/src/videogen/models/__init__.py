@@ -1,0 +1,139 @@
+"""videogen models: :class:`VideoVAE`, :class:`MultilingualTextEncoder`, :class:`HybridBackbone`, and
+:class:`TextToVideo` (frozen VAE + text encoder + backbone, the model of the backbone stage).
+
+Two sizes (``--model-size``): ``tiny`` for CPU runs and tests, ``gtx1070`` with the seed's sizes
+(VAE ~120M with a 256-channel latent at 16x spatial compression, text encoder ~85M with 768-d
+embeddings, backbone ~280M with 30 transformer + 18 conv blocks at width 768).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from videogen.models.backbone import HybridBackbone
+from videogen.models.text_encoder import ByteTokenizer, MultilingualTextEncoder
+from videogen.models.vae import VAESize, VideoVAE
+
+MODEL_SIZES = ("tiny", "gtx1070")
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """All widths of one ``--model-size``."""
+
+    vae: VAESize
+    spatial_compression: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+    dim: int
+    heads: int
+    transformer_blocks: int
+    conv_blocks: int
+    patch: int
+    mlp_ratio: float = 4.0
+
+
+SIZES: dict[str, ModelSize] = {
+    "tiny": ModelSize(vae=VAESize(channels=(16, 32, 64, 128), blocks_per_level=1, latent_channels=4, attn_heads=4),
+                      spatial_compression=8, text_width=128, text_layers=2, text_heads=4,
+                      dim=128, heads=4, transformer_blocks=4, conv_blocks=2, patch=1),
+    "gtx1070": ModelSize(vae=VAESize(channels=(96, 192, 384, 512), blocks_per_level=2, latent_channels=256,
+                                     attn_heads=8),
+                         spatial_compression=16, text_width=768, text_layers=12, text_heads=12,
+                         dim=768, heads=12, transformer_blocks=30, conv_blocks=18, patch=1, mlp_ratio=3.0),
+}
+
+
+def model_size(name: str, latent_channels: int | None = None, spatial_compression: int | None = None) -> ModelSize:
+    """The :class:`ModelSize` ``name`` with optional latent-channel / compression overrides.
+
+    Raises:
+        ValueError: unknown size name.
+    """
+    if name not in SIZES:
+        raise ValueError(f"--model-size must be one of {', '.join(SIZES)} (got {name!r})")
+    s = SIZES[name]
+    vae = s.vae if latent_channels is None else VAESize(s.vae.channels, s.vae.blocks_per_level, latent_channels,
+                                                        s.vae.attn_heads)
+    from dataclasses import replace
+    return replace(s, vae=vae, spatial_compression=spatial_compression or s.spatial_compression)
+
+
+def build_vae(size: ModelSize, grad_checkpointing: bool = False) -> VideoVAE:
+    """A :class:`VideoVAE` of ``size``."""
+    return VideoVAE(size.vae, size.spatial_compression, grad_checkpointing=grad_checkpointing)
+
+
+class TextToVideo(nn.Module):
+    """Frozen VAE + trainable text encoder and backbone: the model of ``--stage backbone``.
+
+    The VAE's parameters have ``requires_grad=False`` and it stays in eval mode, so the optimizer
+    (which takes trainable parameters only) never updates it; it is kept inside the module so a
+    checkpoint is self-contained for ``videogen-generate``.
+    """
+
+    def __init__(self, vae: VideoVAE, text_encoder: MultilingualTextEncoder, backbone: HybridBackbone) -> None:
+        super().__init__()
+        self.vae, self.text_encoder, self.backbone = vae, text_encoder, backbone
+        self.vae.requires_grad_(False)
+        self.register_buffer("latent_scale", torch.ones(()))
+
+    def train(self, mode: bool = True) -> TextToVideo:
+        super().train(mode)
+        self.vae.eval()
+        return self
+
+    def encode_text(self, captions: Sequence[str], drop: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tokens (B, L, 768), mask (B, L) bool, pooled (B, 768))``; samples where ``drop`` is True
+        get the learned null text (classifier-free guidance's unconditional branch)."""
+        tokens, pooled, mask = self.text_encoder.encode_text(list(captions), self.backbone.null_text.device)
+        if drop is not None and bool(drop.any()):
+            null = self.backbone.null_text.to(tokens.dtype)
+            d = drop.to(tokens.device)
+            tokens = torch.where(d[:, None, None], null.expand_as(tokens), tokens)
+            first = torch.zeros_like(mask)
+            first[:, 0] = True
+            mask = torch.where(d[:, None], first, mask)
+            pooled = torch.where(d[:, None], torch.zeros_like(pooled), pooled)
+        return tokens, mask, pooled
+
+    def null_text(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The unconditional text ``(tokens (B, 1, 768), mask (B, 1), pooled (B, 768) zeros)``."""
+        dev = self.backbone.null_text.device
+        return (self.backbone.null_text.expand(batch, 1, -1), torch.ones(batch, 1, dtype=torch.bool, device=dev),
+                torch.zeros(batch, self.backbone.null_text.shape[-1], device=dev))
+
+    @torch.no_grad()
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """Scaled posterior-mean latents ``(B, C, T/4, H/s, W/s)`` of ``video`` ``(B, 3, T, H, W)`` in [0, 1]."""
+        mean, _ = self.vae.encode(video)
+        return mean * self.latent_scale
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
+                pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity prediction of the backbone (see :class:`HybridBackbone`)."""
+        return self.backbone(x, t, text, mask, pooled)
+
+
+def build_text_to_video(size: ModelSize, vae: VideoVAE, grad_checkpointing: bool = False) -> TextToVideo:
+    """A :class:`TextToVideo` of ``size`` around an (already trained) ``vae``."""
+    text = MultilingualTextEncoder(width=size.text_width, layers=size.text_layers, heads=size.text_heads)
+    backbone = HybridBackbone(vae.latent_channels, dim=size.dim, heads=size.heads,
+                              transformer_blocks=size.transformer_blocks, conv_blocks=size.conv_blocks,
+                              patch=size.patch, mlp_ratio=size.mlp_ratio, grad_checkpointing=grad_checkpointing)
+    return TextToVideo(vae, text, backbone)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those with ``requires_grad``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+__all__ = ["MODEL_SIZES", "SIZES", "ByteTokenizer", "HybridBackbone", "ModelSize", "MultilingualTextEncoder",
+           "TextToVideo", "VAESize", "VideoVAE", "build_text_to_video", "build_vae", "count_parameters", "model_size"]
