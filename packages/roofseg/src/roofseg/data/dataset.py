@@ -60,6 +60,19 @@ def load_index_mask(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot read mask ({exc.__class__.__name__}: {exc})") from None
 
 
+def outline_to_roof(mask: np.ndarray, source: str) -> np.ndarray:
+    """``(H, W)`` uint8 {0, 1} roof mask (1 = roof) from an outline label file's values.
+
+    RID writes its masks with class ids 0..n-1 and background = n (RID ``mask_generation.py``);
+    its roof-outline (PV-area) masks have one class, so **0 = roof, 1 = background**: checked on
+    the sample, where value 1 covers streets, gardens and trees and 0 the labelled roofs. AIRS
+    and other binary folders use non-zero = building.
+    """
+    if source == "rid":
+        return (mask == 0).astype(np.uint8)
+    return (mask > 0).astype(np.uint8)
+
+
 def solarnet_channels(mask: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Split a SolarNet+ 3-channel mask into RID-style label maps.
 
@@ -172,7 +185,7 @@ class RoofDataset(Dataset):
         if s.outline is not None and "outline" in self.heads:
             m = load_index_mask(s.outline)
             m = m[..., 0] if m.ndim == 3 else m
-            out["outline"] = _resize_nearest((m > 0).astype(np.uint8), S)
+            out["outline"] = _resize_nearest(outline_to_roof(m, s.source), S)
         if s.superstructures is not None and "superstructures" in self.heads:
             m = load_index_mask(s.superstructures)
             if m.ndim != 2:

@@ -5,7 +5,7 @@ Layouts understood (the sample's and the dataset's own download):
 - images: ``images/ID.png`` or ``images_roof_centered_png/ID.png`` or ``images_roof_centered_geotiff/ID.tif``;
 - superstructure masks: ``masks_superstructures_reviewed/ID.png`` (or ``..._initial``), uint8 class per
   pixel, :data:`SUPERSTRUCTURE_CLASSES` order, 8 = background;
-- roof outlines: ``roof_outlines_reviewed/ID.png`` (1 = roof);
+- roof outlines: ``roof_outlines_reviewed/ID.png`` (RID mask convention: 0 = roof, 1 = background);
 - roof segments: rasterized on the fly from ``vector_labels/segments_reviewed.csv`` (or
   ``segments_reviewed.csv`` at the root) onto each tile's footprint from ``image_boundaries.csv``;
   or ``masks_segments_reviewed/ID.png`` when that folder exists (RID's 16 + flat + background masks);
@@ -180,7 +180,8 @@ class SegmentLabel:
 
 
 def _swap(geom):
-    return shapely.ops.transform(lambda x, y, z=None: (y, x), geom)
+    """(lat, lon) -> (lon, lat): swap the two coordinates of every vertex."""
+    return shapely.transform(geom, lambda c: c[:, ::-1].copy())
 
 
 def load_segment_polygons(path: str | Path) -> list[SegmentLabel]:
@@ -192,8 +193,6 @@ def load_segment_polygons(path: str | Path) -> list[SegmentLabel]:
     Raises:
         DataError: the file lacks the ``segment`` or ``azimuth`` column.
     """
-    import shapely.ops  # noqa: F401  (shapely.ops.transform)
-
     path = Path(path)
     rows = _read_csv(path)
     if rows and ("segment" not in rows[0] or "azimuth" not in rows[0]):

@@ -1,0 +1,148 @@
+"""roofseg commands end to end on tiny settings: train (outlines, multi), eval, predict, agreement,
+data, SageMaker environment, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from roofseg import agreement as agreement_mod
+from roofseg.datasets import REGISTRY
+from roofseg.datasets import main as data_main
+from roofseg.eval import main as eval_main
+from roofseg.predict import main as predict_main
+from roofseg.predict import to_geojson, vectorize_lines
+from roofseg.sagemaker import sagemaker_args
+from roofseg.train import main as train_main
+
+TINY = ["--image-size", "64", "--batch-size", "8", "--epochs", "1", "--num-workers", "0",
+        "--no-pretrained", "--examples", "1", "--warmup-steps", "0"]
+
+
+@pytest.fixture(scope="module")
+def outline_run(tmp_path_factory, rid_root):
+    out = tmp_path_factory.mktemp("run") / "outlines"
+    assert train_main(["--data", str(rid_root), "--task", "outlines", "--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_train_writes_the_run_directory(outline_run, capsys):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
+                 "checkpoints/best_val_outline_iou.pt", "val_examples.png"):
+        assert (outline_run / name).is_file(), name
+    summary = json.loads((outline_run / "summary.json").read_text())
+    assert summary["task"] == "outlines" and summary["data"]["train"] == 16 and summary["data"]["val"] == 4
+    assert 0.0 <= summary["best"]["val_outline_iou"]["value"] <= 1.0
+
+
+def test_eval_prints_json_with_agreement(outline_run, rid_root, capsys, tmp_path):
+    assert eval_main(["--checkpoint", str(outline_run / "checkpoints/last.pt"), "--data", str(rid_root),
+                      "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["n_samples"] == 4 and "outline_iou" in result and "outline_boundary_f1" in result
+    assert 0.9 < result["agreement"]["outline_iou"]["labelers"] <= 1.0
+    assert (tmp_path / "metrics.json").is_file() and (tmp_path / "eval_examples.png").is_file()
+
+
+def test_predict_writes_pngs_and_lonlat_geojson(outline_run, rid_root, tmp_path, capsys):
+    tile = rid_root / "images" / "1011.png"
+    assert predict_main([str(tile), "--checkpoint", str(outline_run / "checkpoints/last.pt"), "--out",
+                         str(tmp_path)]) == 0
+    assert (tmp_path / "1011_outline.png").is_file() and (tmp_path / "1011_outline_mask.png").is_file()
+    gj = json.loads((tmp_path / "1011.geojson").read_text())
+    assert gj["type"] == "FeatureCollection" and gj["properties"]["coordinates"] == "lonlat"
+    for f in gj["features"]:
+        lon, lat = f["geometry"]["coordinates"][0][0]
+        assert 11.9 < lon < 12.1 and 48.3 < lat < 48.5  # Wartenberg, Bavaria
+
+
+def test_geojson_segments_carry_azimuth_and_lines_are_vectorized():
+    h = w = 64
+    seg = np.zeros((6, h, w), np.float32)
+    seg[5] = 1
+    seg[5, 10:30, 10:30], seg[1, 10:30, 10:30] = 0, 1  # an east-facing segment (4-sector scheme)
+    lines = np.zeros((3, h, w), np.float32)
+    lines[0, 40, 5:60] = 1
+    gj = to_geojson({"segments": seg, "lines": lines}, 4)
+    kinds = [f["properties"] for f in gj["features"]]
+    assert {"kind": "roof_segment", "azimuth_class": "E", "class_index": 1} in kinds
+    segs = vectorize_lines(lines[0])
+    assert len(segs) >= 1 and abs(segs[0, 0, 1] - 40) <= 1 and abs(segs[0, 1, 1] - 40) <= 1
+    assert any(p["kind"] == "roof_line" and p["line_type"] == "inner" for p in kinds)
+    assert gj["properties"]["coordinates"] == "pixel"
+
+
+def test_multi_task_trains_on_mixed_sources(mldata_root, tmp_path):
+    out = tmp_path / "multi"
+    assert train_main(["--data", str(mldata_root), "--task", "multi", "--sectors", "4", "--lines-limit", "4",
+                       "--sources", "rid,solarnet,roof_lines", "--out", str(out), *TINY]) == 0
+    row = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["split"] == "val"][-1]
+    for key in ("outline_iou", "superstructures_miou", "segments_miou", "line_f1", "junction_f1"):
+        assert key in row, key
+
+
+def test_sagemaker_environment(rid_root, tmp_path, monkeypatch, capsys):
+    cfg_dir, model_dir, out_dir = tmp_path / "config", tmp_path / "model", tmp_path / "output"
+    cfg_dir.mkdir()
+    (cfg_dir / "hyperparameters.json").write_text(json.dumps({
+        "task": '"outlines"', "image-size": "64", "batch_size": "4", "epochs": "1", "max_steps": "1",
+        "num_workers": "0", "pretrained": "false", "examples": "0", "sagemaker_program": '"train.py"'}))
+    env = {"SM_CHANNEL_TRAIN": str(rid_root), "SM_MODEL_DIR": str(model_dir), "SM_OUTPUT_DATA_DIR": str(out_dir),
+           "SM_NUM_GPUS": "0", "SM_INPUT_CONFIG_DIR": str(cfg_dir)}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    args = sagemaker_args()
+    assert args[:2] == ["--data", str(rid_root)] and "--no-pretrained" in args and "--device" in args
+    assert "--sagemaker-program" not in args
+    assert train_main([]) == 0
+    assert (out_dir / "run" / "summary.json").is_file()
+    assert (model_dir / "model.pt").is_file() and (model_dir / "config.yaml").is_file()
+    (cfg_dir / "hyperparameters.json").write_text("[1, 2]")
+    assert train_main([]) == 2
+    assert "hyperparameters.json" in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line(tmp_path, rid_root, capsys):
+    assert train_main(["--data", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert train_main(["--data", str(rid_root), "--image-size", "65"]) == 2
+    assert "--image-size" in capsys.readouterr().err
+    assert train_main(["--data", str(tmp_path), "--out", str(tmp_path / "r"), *TINY]) == 1
+    err = capsys.readouterr().err
+    assert "roofseg-train: error:" in err and err.strip().count("\n") == 0
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    assert predict_main([str(bad), "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 1
+
+
+def test_agreement_closed_form(tmp_path, capsys):
+    root = tmp_path / "rid"
+    (root / "images").mkdir(parents=True)
+    (root / "masks_superstructures_reviewed").mkdir()
+    (root / "annotation_experiment" / "masks_superstructures").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "images" / "7.png")
+    base = np.full((4, 4), 8, np.uint8)
+    a, b = base.copy(), base.copy()
+    a[0, :2] = 1            # labeler 1: 2 dormer pixels
+    b[0, :4] = 1            # labeler 2: 4 dormer pixels, 2 shared
+    Image.fromarray(b).save(root / "masks_superstructures_reviewed" / "7.png")
+    Image.fromarray(a).save(root / "annotation_experiment" / "masks_superstructures" / "7_labeler1.png")
+    Image.fromarray(b).save(root / "annotation_experiment" / "masks_superstructures" / "7_labeler2.png")
+    res = agreement_mod.agreement(root)
+    assert res["pairwise"]["dormer"]["mean"] == pytest.approx(0.5)
+    assert res["vs_reviewed"]["dormer"]["mean"] == pytest.approx((0.5 + 1.0) / 2)
+    assert res["pairwise"]["background"]["mean"] == pytest.approx(12 / 14)
+    assert agreement_mod.main(["--data", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["labelers"] == [1, 2]
+
+
+def test_data_cli_lists_rid_and_rejects_unknown(capsys):
+    assert "rid" in REGISTRY
+    assert data_main(["list"]) == 0
+    assert "rid" in capsys.readouterr().out
+    assert data_main(["download", "nope", "--to", "/tmp/x"]) == 2
