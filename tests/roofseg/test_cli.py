@@ -146,3 +146,16 @@ def test_data_cli_lists_rid_and_rejects_unknown(capsys):
     assert data_main(["list"]) == 0
     assert "rid" in capsys.readouterr().out
     assert data_main(["download", "nope", "--to", "/tmp/x"]) == 2
+
+
+@pytest.mark.parametrize("preset,size,batch", [("minimal", 512, 2), ("full", 1024, 16), ("cpu", 256, 4)])
+def test_presets_parse(preset, size, batch, rid_root):
+    from mlcore.cli import parse_config
+    from roofseg.config import RoofSegConfig
+
+    cfg = parse_config(RoofSegConfig, ["--config", preset, "--data", str(rid_root)], prog="roofseg-train",
+                       presets_package="roofseg")
+    assert (cfg.image_size, cfg.batch_size) == (size, batch)
+    assert cfg.monitor == "val_outline_iou" and cfg.monitor_mode == "max"
+    if preset == "minimal":
+        assert cfg.max_samples == 10 and cfg.num_workers == 2

@@ -48,6 +48,7 @@ class RoofSegConfig(TrainConfig):
     val_fraction: float = opt(0.2, "validation fraction of RID / flat AIRS folders (seeded split by name)")
     test_fraction: float = opt(0.0, "test fraction of RID / flat AIRS folders")
     lines_limit: int | None = opt(None, "use at most this many roof-line crops per split folder")
+    max_samples: int | None = opt(None, "use only the first N training (and N validation) samples")
     line_width: int = opt(3, "training line-map width in px")
     line_pos_weight: float = opt(10.0, "BCE weight of line pixels (thin-structure loss)")
     tolerance: int = opt(3, "px tolerance of boundary F1, line and junction scores")
@@ -77,6 +78,8 @@ class RoofSegConfig(TrainConfig):
         if self.pretrained and self.encoder_weights == "offline" and self.encoder != "efficientnet-lite0":
             raise ConfigError(f"--encoder-weights offline is only available for --encoder efficientnet-lite0 "
                               f"(got --encoder {self.encoder})")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ConfigError(f"--max-samples must be >= 1 or none (got {self.max_samples})")
         for name in ("line_width", "tolerance"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")

@@ -78,6 +78,8 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     heads = cfg.heads()
     train_samples, val_samples = split_samples(cfg, "train"), split_samples(cfg, "val")
+    if cfg.max_samples:
+        train_samples, val_samples = train_samples[: cfg.max_samples], val_samples[: cfg.max_samples]
     log.info("task %s (heads %s), data %s: %d train, %d val samples", cfg.task, ",".join(heads), cfg.data,
              len(train_samples), len(val_samples))
     ds_kw = dict(sectors=cfg.sectors, line_width=cfg.line_width)
