@@ -79,3 +79,24 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="DINOv2 model types only"):
         build_model("efficientnet_lite0", 3, pretrained=False, weights_dir="x")
     assert set(models.DINOV2_HUB_IDS) == {"dinov2_small", "dinov2_base", "dinov2_large"}
+
+
+def test_partial_fine_tuning_trains_only_the_last_stages():
+    model = build_model("dinov2_tiny", num_classes=3, pretrained=False, image_size=28)  # 4 layers
+    freeze_backbone(model, False, trainable_stages=2)
+    model.train()
+    trainable = {n.split(".")[2] for n, p in model.backbone.named_parameters()
+                 if p.requires_grad and n.startswith("encoder.layer.")}
+    assert trainable == {"2", "3"}
+    assert model.backbone.layernorm.weight.requires_grad and not model.backbone.embeddings.cls_token.requires_grad
+    assert not model.backbone.embeddings.training and model.backbone.encoder.layer[3].training
+    x = torch.randn(2, 3, 28, 28)
+    model(x).sum().backward()
+    assert model.backbone.encoder.layer[0].attention.attention.query.weight.grad is None
+    assert model.backbone.encoder.layer[3].attention.attention.query.weight.grad is not None
+    lite = build_model("efficientnet_lite0", num_classes=3, pretrained=False, image_size=32)
+    freeze_backbone(lite, False, trainable_stages=1)
+    assert {n for n, p in lite.backbone.named_parameters() if p.requires_grad} == {
+        n for n, _ in lite.backbone.named_parameters() if n.startswith(("blocks.6.", "conv_head", "bn2"))}
+    with pytest.raises(ValueError, match="trainable_stages"):
+        freeze_backbone(lite, False, trainable_stages=0)

@@ -40,15 +40,18 @@ class DeviceAugmentation(nn.Module):
                  blur_p: float = 0.1, vflip_p: float = 0.5) -> None:
         super().__init__()
         self.size = size
-        self.pipeline = K.AugmentationSequential(
-            K.RandomResizedCrop((size, size), scale=(scale_min, 1.0)),
-            K.RandomHorizontalFlip(p=0.5),
-            K.RandomVerticalFlip(p=vflip_p),
-            K.RandomRotation(rotation, p=1.0),
-            K.ColorJitter(jitter, jitter, jitter, jitter / 3, p=1.0),
-            K.RandomGaussianBlur((5, 5), (0.1, 2.0), p=blur_p),
-            K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)),
-        )
+        ops: list[nn.Module] = [K.RandomResizedCrop((size, size), scale=(scale_min, 1.0)), K.RandomHorizontalFlip(p=0.5)]
+        # operations switched off by their strength are left out rather than run as identities
+        if vflip_p > 0:
+            ops.append(K.RandomVerticalFlip(p=vflip_p))
+        if rotation > 0:
+            ops.append(K.RandomRotation(rotation, p=1.0))
+        if jitter > 0:
+            ops.append(K.ColorJitter(jitter, jitter, jitter, jitter / 3, p=1.0))
+        if blur_p > 0:
+            ops.append(K.RandomGaussianBlur((5, 5), (0.1, 2.0), p=blur_p))
+        ops.append(K.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD)))
+        self.pipeline = K.AugmentationSequential(*ops)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pipeline(to_unit_float(x))

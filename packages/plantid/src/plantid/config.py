@@ -30,6 +30,7 @@ class PlantIdConfig(TrainConfig):
     epochs: int = opt(60, "total epochs, frozen-backbone warmup included")
     frozen_epochs: int = opt(5, "warmup epochs with a frozen backbone (head only) before full fine-tuning; 0: none")
     frozen_lr: float = opt(1e-3, "learning rate of the frozen-backbone stage")
+    trainable_stages: int | None = opt(None, "fine-tuning trains only the last N backbone stages (DINOv2: transformer layers; Lite0: of 8 stages); none: all")
     batch_size: int = opt(16, "micro-batch size per process")
     accum_steps: int = opt(2, "micro-batches per optimizer update (effective batch = 16 x 2 = 32)")
     lr: float = opt(2e-5, "peak learning rate of full fine-tuning (AdamW)")
@@ -74,6 +75,8 @@ class PlantIdConfig(TrainConfig):
             raise ConfigError("--model-type dinov2_tiny has no pretrained weights: add --no-pretrained")
         if not 0 <= self.frozen_epochs <= self.epochs:
             raise ConfigError(f"--frozen-epochs must be in [0, --epochs] (got {self.frozen_epochs})")
+        if self.trainable_stages is not None and self.trainable_stages < 1:
+            raise ConfigError(f"--trainable-stages must be >= 1 or none (got {self.trainable_stages})")
         if not self.frozen_lr > 0:
             raise ConfigError(f"--frozen-lr must be > 0 (got {self.frozen_lr})")
         if not 0 < self.val_fraction < 1:

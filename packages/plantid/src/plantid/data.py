@@ -202,16 +202,17 @@ def train_transform(size: int, *, scale_min: float = 0.6, rotation: float = 20.0
     ``jitter``/3), Gaussian blur (kernel 5, sigma 0.1-2, p ``blur_p``). Same operations and
     parameters as :class:`plantid.augment.DeviceAugmentation`.
     """
-    return v2.Compose([
-        v2.RandomResizedCrop((size, size), scale=(scale_min, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(p=0.5),
-        v2.RandomVerticalFlip(p=vflip_p),
-        v2.RandomRotation(rotation),
-        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 3),
-        v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 2.0))], p=blur_p),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+    ops: list[v2.Transform] = [v2.RandomResizedCrop((size, size), scale=(scale_min, 1.0), antialias=True),
+                               v2.RandomHorizontalFlip(p=0.5)]
+    if vflip_p > 0:
+        ops.append(v2.RandomVerticalFlip(p=vflip_p))
+    if rotation > 0:
+        ops.append(v2.RandomRotation(rotation))
+    if jitter > 0:
+        ops.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=jitter / 3))
+    if blur_p > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel_size=5, sigma=(0.1, 2.0))], p=blur_p))
+    return v2.Compose([*ops, v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
 def eval_transform(size: int) -> v2.Compose:

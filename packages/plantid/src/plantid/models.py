@@ -47,9 +47,9 @@ PATCH_SIZE = 14
 class PlantClassifier(nn.Module):
     """``backbone`` (``(N, 3, S, S) -> (N, F)`` features) + ``head`` (``(N, F) -> (N, C)``).
 
-    While :attr:`backbone_frozen` is True, :meth:`train` keeps the backbone in eval mode (BatchNorm
-    statistics, dropout and drop-path frozen) so the trainer's ``model.train()`` does not undo
-    :func:`freeze_backbone`.
+    Backbone parts frozen by :func:`freeze_backbone` stay in eval mode through :meth:`train`
+    (BatchNorm statistics, dropout and drop-path frozen), so the trainer's ``model.train()`` does not
+    undo the freezing.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, model_type: str) -> None:
@@ -57,7 +57,12 @@ class PlantClassifier(nn.Module):
         self.backbone = backbone
         self.head = head
         self.model_type = model_type
-        self.backbone_frozen = False
+        self.frozen_parts: list[nn.Module] = []
+
+    @property
+    def backbone_frozen(self) -> bool:
+        """True when the whole backbone is frozen (the warmup stage)."""
+        return any(m is self.backbone for m in self.frozen_parts)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` float32 -> ``(N, F)`` float32 pooled features."""
@@ -72,9 +77,19 @@ class PlantClassifier(nn.Module):
 
     def train(self, mode: bool = True) -> PlantClassifier:
         super().train(mode)
-        if self.backbone_frozen:
-            self.backbone.eval()
+        for part in self.frozen_parts:
+            part.eval()
         return self
+
+    def backbone_stages(self) -> list[nn.Module]:
+        """The backbone as an ordered list of parts, input side first: DINOv2 ``[embeddings, layer 0,
+        ..., layer L-1 + final layernorm]``; EfficientNet-Lite0 ``[stem, stage 0, ..., stage 6 + head conv]``."""
+        b = self.backbone
+        if self.model_type.startswith("dinov2"):
+            layers = list(b.encoder.layer)
+            return [b.embeddings, *layers[:-1], nn.ModuleList([layers[-1], b.layernorm])]
+        stages = list(b.blocks)
+        return [nn.ModuleList([b.conv_stem, b.bn1]), *stages[:-1], nn.ModuleList([stages[-1], b.conv_head, b.bn2])]
 
 
 def resize_position_embeddings(backbone: nn.Module, image_size: int) -> None:
@@ -172,17 +187,31 @@ def build_model(model_type: str = "dinov2_small", num_classes: int = 5, *, pretr
     return PlantClassifier(backbone, head_module, model_type)
 
 
-def freeze_backbone(model: PlantClassifier, frozen: bool) -> None:
-    """Freeze (the warmup stage: head only) or unfreeze the backbone of ``model``.
+def freeze_backbone(model: PlantClassifier, frozen: bool, trainable_stages: int | None = None) -> None:
+    """Freeze the whole backbone (``frozen=True``: the warmup stage, head only) or unfreeze it.
+
+    When unfreezing, ``trainable_stages=N`` keeps all but the last ``N`` parts of
+    :meth:`PlantClassifier.backbone_stages` frozen (partial fine-tuning: the backward pass stops early,
+    which is most of the saving on a CPU); ``None`` unfreezes everything. Frozen parts get
+    ``requires_grad=False`` and stay in eval mode.
 
     Raises:
         TypeError: ``model`` is not a :class:`PlantClassifier` (e.g. still wrapped in DDP).
+        ValueError: ``trainable_stages`` < 1.
     """
     if not isinstance(model, PlantClassifier):
         raise TypeError(f"freeze_backbone: expected a PlantClassifier, got {type(model).__name__}")
-    model.backbone_frozen = frozen
+    if trainable_stages is not None and trainable_stages < 1:
+        raise ValueError(f"trainable_stages must be >= 1 or None, got {trainable_stages}")
     for p in model.backbone.parameters():
         p.requires_grad_(not frozen)
+    model.frozen_parts = [model.backbone] if frozen else []
+    if not frozen and trainable_stages is not None:
+        stages = model.backbone_stages()
+        model.frozen_parts = stages[: max(0, len(stages) - trainable_stages)]
+        for part in model.frozen_parts:
+            for p in part.parameters():
+                p.requires_grad_(False)
     model.train(model.training)
 
 

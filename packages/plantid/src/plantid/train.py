@@ -135,7 +135,7 @@ def train(cfg: PlantIdConfig) -> dict[str, Any]:
         stage1 = with_overrides(cfg, epochs=cfg.frozen_epochs, lr=cfg.frozen_lr, warmup_epochs=0.0, warmup_steps=0)
         summary = trainer.fit(train_loader, val_loader, stage="frozen", config=stage1)
         stages["frozen"] = {**_stage_timing({}, summary, t0), "trainable_params": param_count(model, True)}
-        freeze_backbone(model, False)
+    freeze_backbone(model, False, cfg.trainable_stages)
     if cfg.epochs > cfg.frozen_epochs and (summary.get("completed", True)):
         t0, before = time.perf_counter(), dict(summary)
         stage2 = with_overrides(cfg, epochs=cfg.epochs - cfg.frozen_epochs,
