@@ -54,8 +54,11 @@ class VideoGenConfig(TrainConfig):
     lpips_weights: str | None = opt(None, "LPIPS network as a TorchScript file (f(a, b) on [-1, 1] frames)")
     lpips_weight: float = opt(0.1, "weight of the LPIPS term when --lpips-weights is given")
     vae: str | None = opt(None, "--stage backbone: the trained VAE (run directory or checkpoint file)")
+    vae_model_size: str | None = opt(None, "model size of the --vae checkpoint (set from it automatically)")
     text_dropout: float = opt(0.1, "probability of dropping a caption (classifier-free guidance)")
     grad_checkpointing: bool = opt(False, "recompute blocks in the backward pass (less activation memory)")
+    torch_threads: int | None = opt(None, "torch intra-op CPU threads (none: torch's default; 1 is much faster "
+                                    "than 2 on a CPU shared with other jobs)")
     cache_dir: str | None = opt(None, "clip-probe cache folder (default $VIDEOGEN_CACHE or ~/.cache/videogen)")
 
     def validate(self) -> None:
@@ -89,6 +92,8 @@ class VideoGenConfig(TrainConfig):
             raise ConfigError("--stage backbone needs --vae RUN_DIR_OR_CHECKPOINT (a videogen-train --stage vae run)")
         if self.vae is not None and not Path(self.vae).exists():
             raise ConfigError(f"--vae {self.vae}: not found")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ConfigError(f"--torch-threads must be >= 1 or none (got {self.torch_threads})")
         load_curriculum(self.curriculum)
 
 

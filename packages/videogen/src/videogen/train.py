@@ -183,16 +183,31 @@ def build_model(cfg: VideoGenConfig, grad_checkpointing: bool | None = None) -> 
     if cfg.vae is None:
         raise CheckpointError("--stage backbone needs --vae")
     vae, _ = load_vae(cfg.vae)
+    size = model_size(cfg.model_size)
     return build_text_to_video(size, vae, grad_checkpointing=gc)
+
+
+def with_vae_settings(cfg: VideoGenConfig) -> VideoGenConfig:
+    """``--stage backbone``: copy the VAE checkpoint's size, latent channels and compression into the
+    config (saved with every checkpoint, so ``videogen-generate`` can rebuild the frozen VAE)."""
+    if cfg.stage != "backbone" or cfg.vae is None:
+        return cfg
+    c = load_checkpoint(resolve_vae_checkpoint(cfg.vae)).get("config") or {}
+    if c.get("stage") != "vae":
+        raise CheckpointError(f"--vae {cfg.vae}: not a videogen-train --stage vae checkpoint")
+    lat = c.get("latent_channels") or model_size(c["model_size"]).vae.latent_channels
+    comp = c.get("spatial_compression") or model_size(c["model_size"]).spatial_compression
+    return dataclasses.replace(cfg, vae_model_size=c["model_size"], latent_channels=lat, spatial_compression=comp)
 
 
 def memory_estimate(cfg: VideoGenConfig, batch_size: int) -> dict[str, float]:
     """Estimated training memory (GiB) of ``cfg``'s model and stage at ``batch_size`` on a GPU
     (bf16/fp16 activations, fp32 weights and AdamW states); see :mod:`videogen.models.memory`."""
     size = model_size(cfg.model_size, cfg.latent_channels, cfg.spatial_compression)
+    vae_size = model_size(cfg.vae_model_size or cfg.model_size, cfg.latent_channels, cfg.spatial_compression)
     t, s = cfg.num_frames, cfg.image_size
     with torch.device("meta"):
-        vae = build_vae(size, grad_checkpointing=cfg.grad_checkpointing)
+        vae = build_vae(vae_size, grad_checkpointing=cfg.grad_checkpointing)
         if cfg.stage == "vae":
             model: torch.nn.Module = vae.train()
             video = torch.rand(batch_size, 3, t, s, s)
@@ -248,6 +263,9 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
         checkpoint in the run directory, or a bad ``--vae``.
     """
     seed_everything(cfg.seed)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    cfg = with_vae_settings(cfg)
     run_dir = Path(cfg.out)
     phases = load_curriculum(cfg.curriculum)
     start_ckpt = None

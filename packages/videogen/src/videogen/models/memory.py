@@ -9,23 +9,27 @@ workspaces and the caching allocator's behaviour are not modelled.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 
-def saved_activation_bytes(fn: Callable[[], torch.Tensor]) -> int:
-    """Bytes of the tensors autograd saves while running ``fn`` (which returns the loss); storages
-    shared by several saved tensors are counted once."""
+def saved_activation_bytes(fn: Callable[[], torch.Tensor], params: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the tensors autograd saves while running ``fn`` (which returns the loss), leaving out
+    ``params`` (weights saved for the backward pass are already counted as parameters) and views of
+    them; a tensor saved twice is counted once."""
     seen: set[tuple[int, int]] = set()
+    skip = {id(p) for p in params}
     total = 0
 
     def pack(t: torch.Tensor) -> Any:
         nonlocal total
+        if id(t) in skip or (t._base is not None and id(t._base) in skip):
+            return t
         key = (id(t.untyped_storage()) if t.device.type != "meta" else id(t), t.numel())
-        if key not in seen and not isinstance(t, nn.Parameter):
+        if key not in seen:
             seen.add(key)
             total += t.numel() * t.element_size()
         return t
@@ -50,7 +54,7 @@ def estimate_training_memory(model: nn.Module, forward_loss: Callable[[nn.Module
     """
     n_all = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    act = saved_activation_bytes(lambda: forward_loss(model))
+    act = saved_activation_bytes(lambda: forward_loss(model), list(model.parameters()))
     act = act * activation_dtype_bytes / 4  # meta forward runs in fp32
     gib = 1024 ** 3
     out = {"params_gib": n_all * param_bytes / gib, "grads_gib": n_train * param_bytes / gib,

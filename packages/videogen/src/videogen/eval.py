@@ -1,0 +1,153 @@
+"""``videogen-eval``: metrics of a ``videogen-train`` checkpoint on a split of a clip folder; one JSON
+object on the last stdout line.
+
+VAE checkpoints: PSNR and SSIM of the posterior-mean reconstructions, beside ``psnr_trilinear``
+(the same clips resampled trilinearly down to the latent's number of values and back) and
+``psnr_area_trilinear`` (area-averaged down, trilinear up: a stronger baseline); LPIPS when
+``--lpips-weights FILE`` is given, FVD between originals and reconstructions when ``--i3d-weights
+FILE`` is given (both TorchScript files; reported as ``"unavailable"`` otherwise: nothing is
+downloaded). Backbone checkpoints: the flow-matching validation loss (fixed noise), and FVD of
+generated clips against the split's clips with ``--i3d-weights``.
+
+Splits: ``val`` (= ``test``; there is no separate test split) is the clips held out by the run's
+``--val-clips``, ``train`` the others, ``all`` every clip found.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
+from mlcore import make_loader
+from mlcore.checkpoint import CheckpointError
+from mlcore.cli import ArgumentParser, run_cli
+from mlcore.config import ConfigError
+from mlcore.devices import build_strategy
+from mlcore.trainer import evaluate_model
+from videogen.data import DataError, VideoClipDataset, build_index, collate
+from videogen.metrics import ReconstructionMetrics, fvd
+from videogen.models import TextToVideo, VideoVAE
+from videogen.predict import generate, load_model
+from videogen.train import make_backbone_step, make_vae_step
+from videogen.video_io import frames_grid_png, side_by_side
+
+UNAVAILABLE = "unavailable"
+
+
+def i3d_features(i3d: torch.nn.Module, video: torch.Tensor) -> np.ndarray:
+    """Features ``(B, D)`` of clips ``(B, 3, T, H, W)`` in [0, 1] from a TorchScript I3D: frames resized
+    to 224x224, values scaled to [-1, 1] (the Kinetics-400 I3D convention used by FVD); a tuple output
+    gives its first element; outputs with more than 2 dims are averaged over the extra ones."""
+    b, c, t, h, w = video.shape
+    x = F.interpolate(video.transpose(1, 2).flatten(0, 1), size=(224, 224), mode="bilinear", align_corners=False)
+    x = x.unflatten(0, (b, t)).transpose(1, 2) * 2 - 1
+    with torch.inference_mode():
+        out = i3d(x)
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if out.dim() > 2:
+        out = out.flatten(2).mean(-1)
+    return out.float().cpu().numpy()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point ``videogen-eval`` (exit 0 ok, 1 bad data/checkpoint/weights, 2 bad flags)."""
+    p = ArgumentParser(prog="videogen-eval", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or videogen-train run directory")
+    p.add_argument("--data", required=True, help="clip folder with captions.csv (or its parent)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default="val")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--windows", type=int, default=None, help="windows per clip (default: the run's --val-windows)")
+    p.add_argument("--lpips-weights", default=None, help="LPIPS as a TorchScript file: f(a, b) on [-1, 1] frames")
+    p.add_argument("--i3d-weights", default=None, help="I3D as a TorchScript file (FVD features)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--out", default=None, help="write reconstruction/generation PNGs here")
+
+    def run() -> int:
+        args = p.parse_args(argv)
+        if not Path(args.data).exists():
+            raise ConfigError(f"--data {args.data}: folder not found")
+        for flag_name, value in (("--lpips-weights", args.lpips_weights), ("--i3d-weights", args.i3d_weights)):
+            if value is not None and not Path(value).is_file():
+                raise ConfigError(f"{flag_name} {value}: file not found")
+        model, cfg = load_model(args.checkpoint)
+        index = build_index(args.data, cache_dir=cfg.get("cache_dir"))
+        train_clips, val_clips = index.split(cfg.get("val_clips", "auto"))
+        clips = {"train": train_clips, "val": val_clips, "test": val_clips, "all": index.clips}[args.split]
+        if not clips:
+            raise DataError(f"--split {args.split}: no clips in {index.root} for this split")
+        windows = args.windows or int(cfg.get("val_windows", 2))
+        ds = VideoClipDataset(index.root, clips, num_frames=int(cfg["num_frames"]), size=int(cfg["image_size"]),
+                              fps=cfg.get("fps"), stride=int(cfg.get("frame_stride", 1)), train=False,
+                              windows_per_clip=windows)
+        strategy = build_strategy(args.device)
+        model = strategy.prepare_model(model)
+        loader = make_loader(ds, batch_size=args.batch_size, shuffle=False, collate_fn=collate)
+        i3d = torch.jit.load(args.i3d_weights, map_location=strategy.device).eval() if args.i3d_weights else None
+        result: dict[str, Any] = {"checkpoint": str(args.checkpoint), "split": args.split,
+                                  "clips": [c.path for c in clips], "n_windows": len(ds)}
+        out_dir = Path(args.out) if args.out else None
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        if isinstance(model, VideoVAE):
+            lpips = torch.jit.load(args.lpips_weights, map_location=strategy.device).eval() if args.lpips_weights else None
+            step = make_vae_step(float(cfg.get("beta_kl", 1e-4)), cfg.get("recon_loss", "l1"))
+            result.update(evaluate_model(model, loader, step, [ReconstructionMetrics()], strategy, desc=args.split))
+            lp, real_f, fake_f = [], [], []
+            if lpips is not None or i3d is not None or out_dir is not None:
+                with torch.inference_mode():
+                    for batch in loader:
+                        video = strategy.to_device(batch["video"])
+                        recon = model(video, sample=False)["recon"].clamp(0, 1)
+                        if lpips is not None:
+                            a = recon.transpose(1, 2).flatten(0, 1) * 2 - 1
+                            b = video.transpose(1, 2).flatten(0, 1) * 2 - 1
+                            lp.append(lpips(a, b).flatten().float().cpu())
+                        if i3d is not None:
+                            real_f.append(i3d_features(i3d, video))
+                            fake_f.append(i3d_features(i3d, recon))
+                        if out_dir is not None:
+                            for v, r, i in zip(video, recon, batch["index"].tolist(), strict=True):
+                                name = Path(ds.clip_of(i).path).stem
+                                frames_grid_png(side_by_side(v.cpu(), r.cpu()), out_dir / f"recon_{name}_{i}.png")
+            result["lpips"] = float(torch.cat(lp).mean()) if lp else UNAVAILABLE
+            result["fvd"] = _fvd(real_f, fake_f) if i3d is not None else UNAVAILABLE
+        else:
+            assert isinstance(model, TextToVideo)
+            result.update(evaluate_model(model, loader, make_backbone_step(0.0), [], strategy, desc=args.split))
+            result["lpips"] = UNAVAILABLE
+            real_f, fake_f = [], []
+            if i3d is not None or out_dir is not None:
+                with torch.inference_mode():
+                    for batch in loader:
+                        for cap, v, i in zip(batch["caption"], batch["video"], batch["index"].tolist(), strict=True):
+                            g = generate(model, cap, num_frames=v.shape[1], height=v.shape[2], width=v.shape[3],
+                                         seed=i)
+                            if i3d is not None:
+                                real_f.append(i3d_features(i3d, strategy.to_device(v[None])))
+                                fake_f.append(i3d_features(i3d, strategy.to_device(g[None])))
+                            if out_dir is not None:
+                                frames_grid_png(side_by_side(v, g), out_dir / f"generated_{i}.png")
+            result["fvd"] = _fvd(real_f, fake_f) if i3d is not None else UNAVAILABLE
+        print(json.dumps(result))
+        return 0
+
+    return run_cli(run, prog="videogen-eval", user_errors=(DataError, CheckpointError, OSError, RuntimeError))
+
+
+def _fvd(real: list[np.ndarray], fake: list[np.ndarray]) -> float | str:
+    r, f = np.concatenate(real), np.concatenate(fake)
+    if len(r) < 2:
+        return "unavailable (FVD needs >= 2 clips)"
+    return fvd(r, f)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""Clip index, PyAV decoding with seek, phases and corrupt-clip handling on the real sample clips."""
+
+from __future__ import annotations
+
+import shutil
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from videogen.data import (
+    ClipInfo,
+    DataError,
+    VideoClipDataset,
+    assign_phases,
+    build_index,
+    find_root,
+    probe_clip,
+    read_captions,
+    read_clip,
+)
+
+
+def test_index_probes_every_sample_clip_and_caches(videos_root, probe_cache):
+    index = build_index(videos_root)
+    assert sorted(c.name for c in index.clips) == ["airplane_field.mp4", "bigbuckbunny.mp4", "bikes.mp4",
+                                                    "chaplin.mp4", "fire2.mp4"]
+    fire = next(c for c in index.clips if c.name == "fire2.mp4")
+    assert fire.frames == 25 and fire.fps == pytest.approx(10.505, abs=0.01)
+    assert (fire.width, fire.height) == (1280, 720)
+    assert fire.duration == pytest.approx(2.38, abs=0.01)
+    assert all(c.motion is not None and 0 < c.motion < 1 for c in index.clips)
+    assert list(probe_cache.glob("probe-*.json")), "probe cache not written"
+    again = build_index(videos_root)  # from the cache: identical
+    assert [(c.path, c.motion) for c in again.clips] == [(c.path, c.motion) for c in index.clips]
+    assert find_root(videos_root.parent) == videos_root
+
+
+def test_read_clip_matches_full_decode_at_the_seeked_time(videos_root):
+    path = videos_root / "clips" / "bikes.mp4"
+    info = probe_clip(path)
+    clip = read_clip(path, 4, fps=None, stride=5, start=6.0, info=info)
+    assert clip.shape == (4, 3, 272, 640) and clip.dtype == torch.float32
+    # reference: decode the whole file, pick the frames at 6.0 s + k * 5 / 25 s
+    with av.open(str(path)) as c:
+        frames = [(f.time, f.to_ndarray(format="rgb24")) for f in c.decode(video=0)]
+    for k in range(4):
+        t = 6.0 + k * 5 / 25
+        ref = [a for (ft, a) in frames if ft <= t + 1e-6][-1]
+        assert np.array_equal((clip[k].permute(1, 2, 0) * 255).round().byte().numpy(), ref)
+
+
+def test_read_clip_resizes_crops_and_repeats_past_the_end(videos_root):
+    path = videos_root / "clips" / "fire2.mp4"  # 2.38 s
+    clip = read_clip(path, 16, fps=4.0, size=32)  # 16 frames at 4 fps = 3.75 s > 2.38 s
+    assert clip.shape == (16, 3, 32, 32)
+    assert float(clip.min()) >= 0 and float(clip.max()) <= 1
+    assert torch.equal(clip[-1], clip[-2])  # clamped to the last frame
+
+
+def test_corrupt_and_missing_clips_are_skipped_with_their_path(videos_root, tmp_path, caplog):
+    shutil.copy(videos_root / "clips" / "fire2.mp4", tmp_path / "good.mp4")
+    (tmp_path / "garbage.mp4").write_bytes(b"\x00not a video" * 100)
+    data = (videos_root / "clips" / "bikes.mp4").read_bytes()
+    (tmp_path / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (tmp_path / "captions.csv").write_text("path,caption\ngood.mp4,a room\ngarbage.mp4,x\nmissing.mp4,y\n"
+                                           "truncated.mp4,z\n")
+    index = build_index(tmp_path, cache_dir=tmp_path / "cache")
+    assert "good.mp4" in [c.path for c in index.clips]
+    assert "garbage.mp4" in index.skipped and "missing.mp4" in index.skipped
+    assert "garbage.mp4" in caplog.text
+    # whatever survived probing must still load (a truncated file that probes fine is skipped at decode)
+    ds = VideoClipDataset(tmp_path, index.clips, num_frames=8, size=32, fps=8.0, train=False)
+    for i in range(len(ds)):
+        assert ds[i]["video"].shape == (3, 8, 32, 32)
+
+
+def test_decode_failure_mid_run_falls_back_to_another_clip(videos_root, tmp_path):
+    shutil.copy(videos_root / "clips" / "fire2.mp4", tmp_path / "a.mp4")
+    good = ClipInfo("a.mp4", "ok", 2.38, 10.5, 1280, 720, 25)
+    bad = ClipInfo("b.mp4", "gone", 2.0, 10.0, 64, 64, 20)  # listed but absent at decode time
+    ds = VideoClipDataset(tmp_path, [bad, good], num_frames=4, size=16, fps=4.0, train=True, samples=2)
+    item = ds[0]
+    assert item["caption"] == "ok" and ds.failures == 1
+    only_bad = VideoClipDataset(tmp_path, [bad], num_frames=4, size=16, fps=4.0, train=True, samples=1)
+    with pytest.raises(DataError, match="every clip failed"):
+        only_bad[0]
+
+
+def test_captions_errors_name_the_file(tmp_path):
+    (tmp_path / "captions.csv").write_text("file,text\na.mp4,x\n")
+    with pytest.raises(DataError, match="captions.csv: expected columns path,caption"):
+        read_captions(tmp_path)
+    (tmp_path / "captions.csv").write_text("path,caption,phase\na.mp4,x,7\n")
+    with pytest.raises(DataError, match=r"captions.csv:2: phase must be an integer 1..5"):
+        read_captions(tmp_path)
+    with pytest.raises(DataError, match="no captions.csv"):
+        find_root(tmp_path / "nowhere")
+
+
+def _clip(name, motion=None, phase=None):
+    return ClipInfo(name, "", 1.0, 10.0, 8, 8, 10, phase=phase, motion=motion)
+
+
+def test_phases_by_motion_calm_first_and_by_column():
+    clips = [_clip("busy", 0.3), _clip("calm", 0.01), _clip("mid", 0.1), _clip("fast", 0.2)]
+    ph = assign_phases(clips)
+    assert [c.path for c in ph[1]] == ["calm"]
+    assert [c.path for c in ph[2]] == ["calm", "mid"]
+    assert [c.path for c in ph[4]] == ["calm", "mid", "fast", "busy"]
+    assert len(ph[5]) == 4
+    tagged = [_clip("a", phase=1), _clip("b", phase=3), _clip("c", phase=3)]
+    ph = assign_phases(tagged)
+    assert [c.path for c in ph[3]] == ["b", "c"]
+    assert [c.path for c in ph[2]] == ["a"]  # empty phase falls back to the previous one
+    assert len(ph[5]) == 3  # no clip names phase 5: the refinement mix is every clip
+
+
+def test_val_split_auto_and_named(videos_root, probe_cache):
+    index = build_index(videos_root)
+    train, val = index.split("auto")
+    assert [c.path for c in val] == ["clips/fire2.mp4"] and len(train) == 4
+    train, val = index.split("bikes.mp4")
+    assert [c.name for c in val] == ["bikes.mp4"]
+    with pytest.raises(DataError, match="--val-clips"):
+        index.split("nope.mp4")
