@@ -92,8 +92,8 @@ def test_partial_fine_tuning_trains_only_the_last_stages():
     assert not model.backbone.embeddings.training and model.backbone.encoder.layer[3].training
     x = torch.randn(2, 3, 28, 28)
     model(x).sum().backward()
-    assert model.backbone.encoder.layer[0].attention.attention.query.weight.grad is None
-    assert model.backbone.encoder.layer[3].attention.attention.query.weight.grad is not None
+    assert model.backbone.encoder.layer[0].mlp.fc1.weight.grad is None
+    assert model.backbone.encoder.layer[3].mlp.fc1.weight.grad is not None
     lite = build_model("efficientnet_lite0", num_classes=3, pretrained=False, image_size=32)
     freeze_backbone(lite, False, trainable_stages=1)
     assert {n for n, p in lite.backbone.named_parameters() if p.requires_grad} == {
