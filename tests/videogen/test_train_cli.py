@@ -127,3 +127,19 @@ def test_seed_curriculum_and_default_preset():
     defaults = VideoGenConfig()
     for key, value in preset.items():
         assert getattr(defaults, key) == value, key
+
+
+def test_time_budget_stops_at_the_next_evaluation():
+    import time
+    from types import SimpleNamespace
+
+    from videogen.train import TimeBudget
+
+    trainer = SimpleNamespace(should_stop=False)
+    TimeBudget(None, time.perf_counter() - 1e6).on_evaluate(trainer, {})
+    assert not trainer.should_stop  # no budget
+    TimeBudget(10.0, time.perf_counter()).on_evaluate(trainer, {})
+    assert not trainer.should_stop  # within budget
+    over = TimeBudget(1.0, time.perf_counter() - 61.0)
+    over.on_evaluate(trainer, {})
+    assert trainer.should_stop and over.exceeded

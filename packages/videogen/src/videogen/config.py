@@ -57,6 +57,8 @@ class VideoGenConfig(TrainConfig):
     vae_model_size: str | None = opt(None, "model size of the --vae checkpoint (set from it automatically)")
     text_dropout: float = opt(0.1, "probability of dropping a caption (classifier-free guidance)")
     grad_checkpointing: bool = opt(False, "recompute blocks in the backward pass (less activation memory)")
+    time_budget_min: float | None = opt(None, "stop training after this many minutes of this command (at the "
+                                        "next evaluation; later phases are skipped); none: no limit")
     torch_threads: int | None = opt(None, "torch intra-op CPU threads (none: torch's default; 1 is much faster "
                                     "than 2 on a CPU shared with other jobs)")
     cache_dir: str | None = opt(None, "clip-probe cache folder (default $VIDEOGEN_CACHE or ~/.cache/videogen)")
@@ -92,6 +94,8 @@ class VideoGenConfig(TrainConfig):
             raise ConfigError("--stage backbone needs --vae RUN_DIR_OR_CHECKPOINT (a videogen-train --stage vae run)")
         if self.vae is not None and not Path(self.vae).exists():
             raise ConfigError(f"--vae {self.vae}: not found")
+        if self.time_budget_min is not None and not self.time_budget_min > 0:
+            raise ConfigError(f"--time-budget-min must be > 0 or none (got {self.time_budget_min})")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ConfigError(f"--torch-threads must be >= 1 or none (got {self.torch_threads})")
         load_curriculum(self.curriculum)

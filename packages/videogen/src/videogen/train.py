@@ -125,6 +125,24 @@ class PhaseCheckpoints(Callback):
         self.best = dict(state.get("best", {}))
 
 
+class TimeBudget(Callback):
+    """Stops the running phase at the first evaluation after ``minutes`` since ``start``
+    (``time.perf_counter()`` seconds); :attr:`exceeded` tells the phase loop to skip the rest."""
+
+    def __init__(self, minutes: float | None, start: float) -> None:
+        self.minutes, self.start, self.exceeded = minutes, start, False
+
+    def check(self) -> bool:
+        if self.minutes is not None and time.perf_counter() - self.start > 60 * self.minutes:
+            self.exceeded = True
+        return self.exceeded
+
+    def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        if self.check():
+            log.info("--time-budget-min %.1f reached: stopping after this evaluation", self.minutes)
+            trainer.should_stop = True
+
+
 def phase_config(cfg: VideoGenConfig, phase: Mapping[str, Any], updates: int) -> VideoGenConfig:
     """The per-phase config: the curriculum's epochs / batch / LR (unless set away from the defaults),
     warmup of ``warmup_fraction`` of the phase's updates, cosine, its gradient clipping."""
@@ -262,6 +280,7 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
         DataError: no usable clip. CheckpointError: ``--start-phase N`` without phase N-1's best
         checkpoint in the run directory, or a bad ``--vae``.
     """
+    t_start = time.perf_counter()
     seed_everything(cfg.seed)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
@@ -316,7 +335,8 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
         step = make_backbone_step(cfg.text_dropout)
         metrics = []
     phase_cb = PhaseCheckpoints(cfg.monitor)
-    trainer = Trainer(model, cfg, step, metrics=metrics, callbacks=[phase_cb])
+    budget = TimeBudget(cfg.time_budget_min, t_start)
+    trainer = Trainer(model, cfg, step, metrics=metrics, callbacks=[phase_cb, budget])
     if lpips is not None:
         lpips.to(trainer.strategy.device)
 
@@ -337,6 +357,9 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
     for ph in phases[cfg.start_phase - 1: cfg.end_phase]:
         n = ph["phase"]
         name = f"{cfg.stage}_phase{n}"
+        if budget.check():
+            log.info("--time-budget-min %.1f reached: phase %d and later are not run", cfg.time_budget_min, n)
+            break
         clips = by_phase[n]
         samples = ph["samples"]
         train_ds = VideoClipDataset(index.root, clips, train=True, samples=samples, **ds_kw)
@@ -368,7 +391,7 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
         row.update({"phase": n, "name": ph["name"], "stage": name, "clips": [c.path for c in clips],
                     "samples_per_epoch": samples, "epochs": pcfg.epochs, "batch_size": pcfg.batch_size,
                     "lr": pcfg.lr, "updates": updates, "warmup_steps": pcfg.warmup_steps,
-                    "completed": name in trainer.completed_stages,
+                    "completed": name in trainer.completed_stages, "stopped_by_time_budget": budget.exceeded,
                     "best_checkpoint": str(ck / f"phase{n}" / "best.pt"),
                     "best": phase_cb.best.get(str(n)), "last_checkpoint": str(ck / f"phase{n}" / "last.pt"),
                     **_phase_rows(trainer.history, name)})
