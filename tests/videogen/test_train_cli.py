@@ -143,3 +143,15 @@ def test_time_budget_stops_at_the_next_evaluation():
     over = TimeBudget(1.0, time.perf_counter() - 61.0)
     over.on_evaluate(trainer, {})
     assert trainer.should_stop and over.exceeded
+
+
+def test_resume_skips_done_phases_and_keeps_each_phase_s_curriculum_values(videos_root, tiny_curriculum, tmp_path,
+                                                                           probe_cache):
+    run = tmp_path / "run"
+    args = ["--data", str(videos_root), "--out", str(run), "--curriculum", str(tiny_curriculum), *COMMON]
+    assert train_main([*args, "--end-phase", "1"]) == 0
+    # --resume reloads config.yaml, which holds phase 1's lr; phase 2 must still get its own (5e-4)
+    assert train_main(["--resume", str(run), "--end-phase", "2"]) == 0
+    phases = json.loads((run / "training_summary.json").read_text())["phases"]
+    assert [p["phase"] for p in phases] == [1, 2]
+    assert phases[1]["lr"] == 5e-4 and phases[1]["completed"]

@@ -293,6 +293,13 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
         if not start_ckpt.is_file():
             raise CheckpointError(f"--start-phase {cfg.start_phase}: {start_ckpt} not found; run phase "
                                   f"{cfg.start_phase - 1} into {run_dir} first (--end-phase {cfg.start_phase - 1})")
+    # config.yaml is rewritten with each phase's values, and --resume reloads it: keep the values the
+    # user gave for every phase (epochs / batch_size / lr) in a file of their own and restore them
+    base_file = run_dir / "videogen_phase_base.json"
+    if cfg.resume and base_file.is_file():
+        cfg = dataclasses.replace(cfg, **json.loads(base_file.read_text()))
+    elif not cfg.resume:
+        write_json_atomic(base_file, {k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr")})
     index = build_index(cfg.data, cache_dir=cfg.cache_dir)
     train_clips, val_clips = index.split(cfg.val_clips)
     if not train_clips:
