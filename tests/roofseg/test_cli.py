@@ -159,3 +159,17 @@ def test_presets_parse(preset, size, batch, rid_root):
     assert cfg.monitor == "val_outline_iou" and cfg.monitor_mode == "max"
     if preset == "minimal":
         assert cfg.max_samples == 10 and cfg.num_workers == 2
+
+
+def test_corrupt_tile_stops_with_one_line_naming_it(tmp_path, capsys):
+    root = tmp_path / "airs"
+    for d in ("image", "label"):
+        (root / d).mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "image" / f"t{i}.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(root / "label" / f"t{i}.png")
+    (root / "image" / "t1.png").write_bytes(b"garbage")
+    code = train_main(["--data", str(root), "--out", str(tmp_path / "r"), "--val-fraction", "0.25",
+                       *TINY[:7], "1", *TINY[8:]])  # one loader worker: the error crosses a process
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and "t1.png" in err[-1] and err[-1].startswith("roofseg-train: error:")

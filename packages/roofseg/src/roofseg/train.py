@@ -93,7 +93,11 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
     model = build_model(cfg, resume=bool(cfg.resume))
     step = make_step(RoofLoss(cfg.loss_weights(), line_pos_weight=cfg.line_pos_weight))
     trainer = Trainer(model, cfg, step, metrics=[RoofMetrics(heads, cfg.sectors, cfg.tolerance)])
-    summary = trainer.fit(train_loader, val_loader)
+    try:
+        summary = trainer.fit(train_loader, val_loader)
+    except DataError as exc:
+        # a worker's error arrives wrapped in a traceback text; its last line names the file
+        raise DataError(str(exc).strip().splitlines()[-1].removeprefix("roofseg.data.rid.DataError: ")) from None
     summary["task"] = cfg.task
     summary["data"] = {"root": cfg.data, "train": len(train_samples), "val": len(val_samples),
                        "sources": sorted({s.source for s in train_samples})}
