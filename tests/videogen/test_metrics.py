@@ -104,3 +104,16 @@ def test_flow_matching_path_endpoints_and_velocity():
     assert torch.allclose(xt[0], x0[0]) and torch.allclose(xt[1], noise[1])
     assert torch.allclose(xt[2], 0.75 * x0[2] + 0.25 * noise[2])
     assert torch.allclose(v, noise - x0)
+
+
+def test_vae_loss_adds_the_perceptual_term_when_given():
+    target = torch.zeros(1, 3, 4, 8, 8)
+    mean = logvar = torch.zeros(1, 4, 1, 1, 1)
+
+    def fake_lpips(a, b):  # (N, 3, H, W) in [-1, 1] -> (N,)
+        assert a.shape == (4, 3, 8, 8) and float(a.min()) >= -1
+        return (a - b).abs().mean(dim=(1, 2, 3))
+
+    out = vae_loss(target + 0.5, target, mean, logvar, beta=0.0, lpips=fake_lpips, lpips_weight=2.0)
+    assert float(out["lpips"]) == pytest.approx(1.0)  # |0.5 - 0| in [0, 1] is 1.0 in [-1, 1]
+    assert float(out["loss"]) == pytest.approx(0.5 + 2.0 * 1.0)

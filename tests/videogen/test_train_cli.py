@@ -74,6 +74,29 @@ def test_eval_prints_metrics_beside_the_trilinear_baseline(vae_run, videos_root,
     assert list(tmp_path.glob("recon_fire2_*.png"))
 
 
+def test_eval_uses_lpips_and_i3d_when_given_as_files(vae_run, videos_root, capsys, tmp_path):
+    """Stand-in TorchScript networks (no real weights here) exercise the LPIPS and FVD paths."""
+    import torch
+
+    class FakeLPIPS(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return (a - b).abs().mean(dim=(1, 2, 3))
+
+    class FakeI3D(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.mean(dim=(3, 4)).flatten(1)  # (B, 3 * T) features
+
+    torch.jit.script(FakeLPIPS()).save(str(tmp_path / "lpips.pt"))
+    torch.jit.script(FakeI3D()).save(str(tmp_path / "i3d.pt"))
+    run, _ = vae_run
+    assert eval_main(["--checkpoint", str(run), "--data", str(videos_root), "--split", "val", "--windows", "3",
+                      "--lpips-weights", str(tmp_path / "lpips.pt"), "--i3d-weights", str(tmp_path / "i3d.pt")]) == 0
+    res = _last_json(capsys.readouterr().out)
+    assert isinstance(res["lpips"], float) and res["lpips"] > 0
+    assert isinstance(res["fvd"], float) and res["fvd"] >= 0
+    assert eval_main(["--checkpoint", str(run), "--data", str(videos_root), "--lpips-weights", "nope.pt"]) == 2
+
+
 def test_reconstruct_writes_a_decodable_side_by_side_mp4(vae_run, videos_root, tmp_path, capsys):
     run, _ = vae_run
     out = tmp_path / "rec.mp4"
@@ -155,3 +178,15 @@ def test_resume_skips_done_phases_and_keeps_each_phase_s_curriculum_values(video
     phases = json.loads((run / "training_summary.json").read_text())["phases"]
     assert [p["phase"] for p in phases] == [1, 2]
     assert phases[1]["lr"] == 5e-4 and phases[1]["completed"]
+
+
+@pytest.mark.parametrize("preset", ["cpu", "cpu_backbone", "default", "gtx1070", "gtx1070_backbone"])
+def test_every_shipped_preset_parses(preset, videos_root, tmp_path):
+    from mlcore.cli import parse_config
+
+    extra = ["--vae", str(tmp_path)] if "backbone" in preset else []
+    cfg = parse_config(VideoGenConfig, ["--config", preset, "--data", str(videos_root), *extra],
+                       prog="videogen-train", presets_package="videogen")
+    assert len(load_curriculum(cfg.curriculum)) == 5
+    if preset.startswith("gtx1070"):
+        assert cfg.model_size == "gtx1070" and cfg.grad_checkpointing and cfg.precision == "fp16"
