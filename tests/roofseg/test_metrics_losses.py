@@ -120,3 +120,12 @@ def test_thin_structure_bce_weights_positives():
     assert loss(logits, target).item() == pytest.approx(np.log(2) * 13 / 4, rel=1e-5)
     with pytest.raises(ValueError):
         ThinStructureLoss(pos_weight=0)
+
+
+def test_heads_without_labelled_samples_report_nothing():
+    m = RoofMetrics(("outline", "lines"))
+    m.update({"logits": {"outline": torch.zeros(1, 1, 8, 8), "lines": torch.zeros(1, 3, 8, 8)}},
+             {"outline": torch.ones(1, 1, 8, 8), "has_outline": torch.tensor([True]),
+              "lines_thin": torch.zeros(1, 2, 8, 8, dtype=torch.uint8), "has_lines": torch.tensor([False])})
+    out = m.compute()
+    assert "outline_iou" in out and not any(k.startswith(("line_", "junction_")) for k in out)

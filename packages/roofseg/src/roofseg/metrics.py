@@ -11,6 +11,8 @@
   1 px (``skimage.morphology.skeletonize``) and matched against the 1 px ground-truth lines within
   ``tolerance`` px (3 by default) in both directions: precision, recall, F1. Junctions: local
   maxima (5x5) of the junction heatmap >= 0.5 matched to true junction pixels within ``tolerance``.
+
+A head for which no sample of the split carries a label reports no metric at all.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class RoofMetrics(Metric):
         self.heads = tuple(heads)
         self.tolerance = tolerance
         self.names = {"superstructures": SUPERSTRUCTURE_CLASSES, "segments": segment_classes(sectors)}
+        # labelled samples per head: a head no sample of the split is labelled for reports nothing
+        self.add_state("labelled", torch.zeros(len(self.heads), dtype=torch.int64))
         for h in ("superstructures", "segments"):
             if h in self.heads:
                 n = len(self.names[h])
@@ -136,6 +140,7 @@ class RoofMetrics(Metric):
             sel = has.bool() if has is not None else torch.ones(logits[head].shape[0], dtype=torch.bool)
             if not bool(sel.any()):
                 continue
+            self.labelled[self.heads.index(head)] += int(sel.sum())
             lg = logits[head][sel].float()
             if head in ("superstructures", "segments"):
                 n = len(self.names[head])
@@ -162,14 +167,15 @@ class RoofMetrics(Metric):
 
     def compute(self) -> dict[str, float]:
         out: dict[str, float] = {}
+        heads = [h for i, h in enumerate(self.heads) if int(self.labelled[i]) > 0]
         for h in ("superstructures", "segments"):
-            if h in self.heads:
+            if h in heads:
                 out.update(iou_table(getattr(self, f"conf_{h}").cpu().numpy(), self.names[h], h))
-        if "outline" in self.heads:
+        if "outline" in heads:
             tp, fp, fn = self.outline_px.tolist()
             out["outline_iou"] = tp / (tp + fp + fn) if tp + fp + fn else 1.0
             out["outline_boundary_f1"] = prf(*self.outline_bd.tolist())[2]
-        if "lines" in self.heads:
+        if "lines" in heads:
             p, r, f = prf(*self.lines_px.tolist())
             out.update(line_precision=p, line_recall=r, line_f1=f)
             p, r, f = prf(*self.junctions.tolist())
