@@ -90,10 +90,9 @@ def make_backbone_step(text_dropout: float):
             g = torch.Generator().manual_seed(int(batch["index"].sum()) + 12345)
             t = torch.rand(b, generator=g).to(x0.device)
             noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
-            drop = None
+            drop = torch.zeros(b, dtype=torch.bool, device=x0.device)
         xt, target = flow_matching_pair(x0, t, noise)
-        text, mask, pooled = m.encode_text(batch["caption"], drop)
-        v = model(xt, t, text, mask, pooled)
+        v = model(xt, t, captions=batch["caption"], drop=drop)  # text encoded inside forward (DDP)
         return {"loss": flow_matching_loss(v, target)}
 
     return step

@@ -93,7 +93,7 @@ class TextToVideo(nn.Module):
         """``(tokens (B, L, 768), mask (B, L) bool, pooled (B, 768))``; samples where ``drop`` is True
         get the learned null text (classifier-free guidance's unconditional branch)."""
         tokens, pooled, mask = self.text_encoder.encode_text(list(captions), self.backbone.null_text.device)
-        if drop is not None and bool(drop.any()):
+        if drop is not None:  # always in the graph (also when nothing is dropped), so DDP sees null_text used
             null = self.backbone.null_text.to(tokens.dtype)
             d = drop.to(tokens.device)
             tokens = torch.where(d[:, None, None], null.expand_as(tokens), tokens)
@@ -115,9 +115,21 @@ class TextToVideo(nn.Module):
         mean, _ = self.vae.encode(video)
         return mean * self.latent_scale
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, mask: torch.Tensor,
-                pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """Velocity prediction of the backbone (see :class:`HybridBackbone`)."""
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None, *,
+                captions: Sequence[str] | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Velocity ``(B, C, t, h, w)`` of the backbone (see :class:`HybridBackbone`) for latents ``x`` at
+        flow times ``t`` ``(B,)``, given encoded text (``text``, ``mask``, ``pooled``) or raw ``captions``
+        (encoded here, with ``drop`` as in :meth:`encode_text`, so that under DDP the text encoder's
+        gradients are synchronised with the backbone's).
+
+        Raises:
+            ValueError: neither ``text`` nor ``captions`` given.
+        """
+        if captions is not None:
+            text, mask, pooled = self.encode_text(captions, drop)
+        if text is None or mask is None:
+            raise ValueError("TextToVideo.forward needs text embeddings or captions")
         return self.backbone(x, t, text, mask, pooled)
 
 
