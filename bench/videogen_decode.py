@@ -24,7 +24,15 @@ import av
 import numpy as np
 import torch
 
-from videogen.data import ClipInfo, VideoClipDataset, _decode_times, build_index, probe_clip, read_clip, sample_times
+from videogen.data import (
+    ClipInfo,
+    VideoClipDataset,
+    _decode_times,
+    build_index,
+    probe_clip,
+    read_clip,
+    sample_times,
+)
 
 
 def decode_from_start(path: Path, times: np.ndarray) -> list[np.ndarray]:
