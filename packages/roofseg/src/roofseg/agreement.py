@@ -29,7 +29,13 @@ from PIL import Image
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from roofseg.data.dataset import outline_to_roof
-from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, DataError, annotation_experiment, find_rid_root, find_rid_tiles
+from roofseg.data.rid import (
+    SUPERSTRUCTURE_CLASSES,
+    DataError,
+    annotation_experiment,
+    find_rid_root,
+    find_rid_tiles,
+)
 
 OUTLINE_CLASSES = ("not_roof", "roof")
 

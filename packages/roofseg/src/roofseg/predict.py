@@ -37,7 +37,7 @@ from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, load_footprints, pixel_to_l
 from roofseg.data.sources import TASK_HEADS
 from roofseg.metrics import junction_peaks, thin_lines
 from roofseg.models import RoofNet
-from roofseg.viz import class_map_figure, colorize, overlay
+from roofseg.viz import class_map_figure, overlay
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[RoofNet, dict[str, Any]]:

@@ -32,11 +32,11 @@ log = logging.getLogger("roofseg.train")
 
 
 def make_step(loss_fn: RoofLoss):
-    """``step(model, batch) -> {"loss", "logits": {head: logits}, "loss_<head>"...}``."""
+    """``step(model, batch) -> {"loss": scalar, "logits": {head: (N, C, H, W) logits}}`` (loss: :class:`RoofLoss`)."""
 
     def step(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         logits = model(batch["image"])
-        total, parts = loss_fn(logits, batch)
+        total, _ = loss_fn(logits, batch)
         return {"loss": total, "logits": logits}
 
     return step
