@@ -104,3 +104,11 @@ def test_data_command_lists_plantnet(capsys):
     assert datasets.main(["list"]) == 0
     assert "plantnet300k" in capsys.readouterr().out
     assert datasets.main(["download", "nope", "--to", "x"]) == 2
+
+
+def test_cpu_preset_parses(flowers_root):
+    from mlcore.cli import parse_config
+
+    cfg = parse_config(PlantIdConfig, ["--config", "cpu", "--data", str(flowers_root)], prog="plantid-train",
+                       presets_package="plantid")
+    assert cfg.model_type == "efficientnet_lite0" and cfg.pretrained and 0 < cfg.frozen_epochs < cfg.epochs
