@@ -29,7 +29,7 @@ def run(small_flowers, tmp_path_factory):
 
 def test_run_directory_and_training_config(run, capsys):
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "training_config.json", "label_mapping.json",
-                 "checkpoints/last.pt", "checkpoints/best_val_top1.pt", "profile/top_ops.txt"):
+                 "checkpoints/last.pt", "checkpoints/best_val_top1.pt", "profile/top_ops.txt", "val_confusion_matrix.png"):
         assert (run / name).is_file(), name
     tc = json.loads((run / "training_config.json").read_text())
     assert tc["effective_batch"] == 8 and tc["micro_batch"] == 4 and tc["accum_steps"] == 2

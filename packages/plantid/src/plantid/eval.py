@@ -14,9 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
 
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
 from mlcore import make_loader
@@ -26,7 +23,7 @@ from mlcore.config import ConfigError
 from mlcore.devices import build_strategy
 from mlcore.trainer import evaluate_model
 from plantid.data import DataError, PlantDataset, decode_transform, eval_transform, load_index
-from plantid.metrics import ClassificationMetrics
+from plantid.metrics import ClassificationMetrics, confusion_png
 from plantid.models import PlantClassifier, build_model
 from plantid.train import make_step
 
@@ -61,29 +58,6 @@ def preprocess(cfg: dict[str, Any]):
     """The evaluation transform the run validated with (uint8 resize with ``gpu_aug``, else float)."""
     size = cfg.get("image_size", 448)
     return decode_transform(size) if cfg.get("gpu_aug", True) else eval_transform(size)
-
-
-def confusion_png(confusion: np.ndarray, classes: Sequence[str], path: str | Path, *, cell: int = 40) -> Path:
-    """Render a ``(C, C)`` int confusion matrix (rows: true class, columns: predicted) as a PNG heatmap,
-    rows normalised to recall (white 0 -> dark green 1) with the counts in the cells."""
-    c = len(classes)
-    rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    margin = 10 + 7 * max(len(n) for n in classes)
-    img = Image.new("RGB", (margin + c * cell + 8, margin + c * cell + 8), "white")
-    draw = ImageDraw.Draw(img)
-    for i in range(c):
-        draw.text((4, margin + i * cell + cell // 3), classes[i], fill="black")
-        draw.text((margin + i * cell + 2, 4 + (i % 2) * 12), classes[i][:6], fill="black")
-        for j in range(c):
-            v = float(rows[i, j])
-            x0, y0 = margin + j * cell, margin + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1],
-                           fill=(int(255 * (1 - v)), int(255 - 100 * v), int(255 * (1 - v))), outline=(220, 220, 220))
-            if confusion[i, j]:
-                draw.text((x0 + 4, y0 + cell // 3), str(int(confusion[i, j])), fill="white" if v > 0.5 else "black")
-    path = Path(path)
-    img.save(path)
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

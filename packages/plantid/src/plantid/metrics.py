@@ -9,9 +9,12 @@ torchmetrics' own classes are not used because their states cannot be summed thr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from mlcore.metrics import Metric
 
@@ -76,3 +79,26 @@ class ClassificationMetrics(Metric):
             raise ValueError(f"classes: expected {self.num_classes} names, got {len(classes)}")
         f1, _ = self.per_class_f1_tensor()
         return {name: float(v) for name, v in zip(classes, f1.tolist(), strict=True)}
+
+
+def confusion_png(confusion: np.ndarray, classes: Sequence[str], path: str | Path, *, cell: int = 40) -> Path:
+    """Render a ``(C, C)`` int confusion matrix (rows: true class, columns: predicted) as a PNG heatmap,
+    rows normalised to recall (white 0 -> dark green 1) with the counts in the cells."""
+    c = len(classes)
+    rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    margin = 10 + 7 * max(len(n) for n in classes)
+    img = Image.new("RGB", (margin + c * cell + 8, margin + c * cell + 8), "white")
+    draw = ImageDraw.Draw(img)
+    for i in range(c):
+        draw.text((4, margin + i * cell + cell // 3), classes[i], fill="black")
+        draw.text((margin + i * cell + 2, 4 + (i % 2) * 12), classes[i][:6], fill="black")
+        for j in range(c):
+            v = float(rows[i, j])
+            x0, y0 = margin + j * cell, margin + i * cell
+            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1],
+                           fill=(int(255 * (1 - v)), int(255 - 100 * v), int(255 * (1 - v))), outline=(220, 220, 220))
+            if confusion[i, j]:
+                draw.text((x0 + 4, y0 + cell // 3), str(int(confusion[i, j])), fill="white" if v > 0.5 else "black")
+    path = Path(path)
+    img.save(path)
+    return path

@@ -31,7 +31,7 @@ from plantid.augment import DeviceAugmentation, DeviceNormalize
 from plantid.config import PlantIdConfig
 from plantid.data import DataError, PlantDataset, PlantIndex, decode_transform, eval_transform, load_index, train_transform
 from plantid.losses import classification_loss
-from plantid.metrics import ClassificationMetrics
+from plantid.metrics import ClassificationMetrics, confusion_png
 from plantid.models import build_model, freeze_backbone, param_count
 
 log = logging.getLogger("plantid.train")
@@ -121,8 +121,8 @@ def train(cfg: PlantIdConfig) -> dict[str, Any]:
             raise CheckpointError(f"--weights {weights_file}: does not match {cfg.model_type} with "
                                   f"{index.num_classes} classes ({str(exc).splitlines()[0]})") from exc
     augment = DeviceAugmentation(cfg.image_size, **cfg.aug_kwargs()) if cfg.gpu_aug else None
-    trainer = Trainer(model, cfg, make_step(cfg.label_smoothing, augment),
-                      metrics=[ClassificationMetrics(index.num_classes)])
+    metric = ClassificationMetrics(index.num_classes)
+    trainer = Trainer(model, cfg, make_step(cfg.label_smoothing, augment), metrics=[metric])
     if trainer.logger.enabled:
         write_json_atomic(trainer.run_dir / "label_mapping.json",
                           {"classes": index.classes, "labels": index.labels, "layout": index.layout})
@@ -143,6 +143,8 @@ def train(cfg: PlantIdConfig) -> dict[str, Any]:
         summary = trainer.fit(train_loader, val_loader, stage="finetune", config=stage2)
         stages["finetune"] = {**_stage_timing(before, summary, t0), "trainable_params": param_count(model, True)}
     summary["bad_images"] = bad.paths() if bad is not None else []
+    if trainer.logger.enabled and int(metric.confusion.sum()) > 0:  # the last validation pass
+        confusion_png(metric.confusion.cpu().numpy(), index.labels, trainer.run_dir / "val_confusion_matrix.png")
     trainer.logger.write_summary(summary)
     if trainer.logger.enabled:
         write_json_atomic(trainer.run_dir / "training_config.json", {
