@@ -8,10 +8,13 @@ import torch
 
 from mlcore.checkpoint import load_checkpoint
 from mlcore.seed import seed_everything
-from plantid import datasets, eval as plantid_eval, predict as plantid_predict
+from plantid import datasets
+from plantid import eval as plantid_eval
+from plantid import predict as plantid_predict
 from plantid.config import PlantIdConfig
 from plantid.models import build_model
-from plantid.train import main as train_main, train
+from plantid.train import main as train_main
+from plantid.train import train
 
 TINY = ["--model-type", "dinov2_tiny", "--no-pretrained", "--image-size", "28", "--batch-size", "4",
         "--accum-steps", "2", "--num-workers", "0", "--lr", "1e-3"]

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
 from mlcore import make_loader
 from mlcore.checkpoint import CheckpointError, load_checkpoint

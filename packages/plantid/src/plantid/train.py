@@ -29,7 +29,15 @@ from mlcore.seed import seed_everything
 from mlcore.trainer import with_overrides
 from plantid.augment import DeviceAugmentation, DeviceNormalize
 from plantid.config import PlantIdConfig
-from plantid.data import DataError, PlantDataset, PlantIndex, decode_transform, eval_transform, load_index, train_transform
+from plantid.data import (
+    DataError,
+    PlantDataset,
+    PlantIndex,
+    decode_transform,
+    eval_transform,
+    load_index,
+    train_transform,
+)
 from plantid.losses import classification_loss
 from plantid.metrics import ClassificationMetrics, confusion_png
 from plantid.models import build_model, freeze_backbone, param_count
