@@ -13,6 +13,7 @@ from videogen.data import (
     ClipInfo,
     DataError,
     VideoClipDataset,
+    collate,
     assign_phases,
     build_index,
     find_root,
@@ -86,6 +87,13 @@ def test_decode_failure_mid_run_falls_back_to_another_clip(videos_root, tmp_path
     only_bad = VideoClipDataset(tmp_path, [bad], num_frames=4, size=16, fps=4.0, train=True, samples=1)
     with pytest.raises(DataError, match="every clip failed"):
         only_bad[0]
+    # loader workers each hold a copy of the dataset: the count still reaches the main process
+    from mlcore import make_loader
+
+    workers = VideoClipDataset(tmp_path, [bad, good], num_frames=4, size=16, fps=4.0, train=True, samples=4)
+    loader = make_loader(workers, batch_size=2, shuffle=True, num_workers=2, collate_fn=collate)
+    assert [b["caption"] for b in loader] == [["ok", "ok"], ["ok", "ok"]]
+    assert workers.failures == 1 and workers.bad_log.paths() == ["b.mp4"]
 
 
 def test_captions_errors_name_the_file(tmp_path):

@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from mlcore.data import BadSampleLog
+
 log = logging.getLogger("videogen.data")
 
 CAPTIONS = "captions.csv"
@@ -399,8 +401,9 @@ class VideoClipDataset(Dataset):
 
     Items: ``{"video": (3, T, H, W) float32 in [0, 1], "caption": str, "index": int}``.
 
-    A clip that fails to decode is logged with its path once and replaced by the next clip
-    (``failures`` counts them in this process); when every clip fails, :class:`DataError`.
+    A clip that fails to decode is logged with its path once and replaced by the next clip; it is
+    recorded in ``bad_log`` (an :class:`mlcore.BadSampleLog` shared by every loader worker, so
+    ``failures`` is exact for any ``num_workers``); when every clip fails, :class:`DataError`.
 
     Args:
         root: dataset folder (paths in ``clips`` are relative to it).
@@ -410,11 +413,12 @@ class VideoClipDataset(Dataset):
         cache_frames: decode each clip once into memory at the output scale (uint8) and cut windows
             from it: for small clip sets (the sample data, tests) where per-item decoding would
             dominate a step on a 2-core CPU. Off by default (per-item seek + decode).
+        bad_log: where clips that fail to decode are recorded (default: a new one).
     """
 
     def __init__(self, root: str | Path, clips: Sequence[ClipInfo], *, num_frames: int = 16, size: int = 256,
                  fps: float | None = 8.0, stride: int = 1, train: bool = True, samples: int | None = None,
-                 windows_per_clip: int = 1, cache_frames: bool = False) -> None:
+                 windows_per_clip: int = 1, cache_frames: bool = False, bad_log: BadSampleLog | None = None) -> None:
         if not clips:
             raise DataError(f"{root}: no clips to load")
         self.root, self.clips = Path(root), list(clips)
@@ -422,12 +426,17 @@ class VideoClipDataset(Dataset):
         self.train, self.cache_frames = train, cache_frames
         self.windows_per_clip = windows_per_clip
         self.samples = samples if (train and samples) else len(self.clips) * (1 if train else windows_per_clip)
-        self.failures = 0
+        self.bad_log = bad_log if bad_log is not None else BadSampleLog()
         self._failed: set[str] = set()
         self._cache: dict[str, torch.Tensor] = {}
 
     def __len__(self) -> int:
         return self.samples
+
+    @property
+    def failures(self) -> int:
+        """Clips that failed to decode so far, counted once each across all loader workers."""
+        return len(self.bad_log)
 
     def _info(self, clip: ClipInfo) -> dict[str, Any]:
         return asdict(clip)
@@ -479,10 +488,8 @@ class VideoClipDataset(Dataset):
             try:
                 video = self._load(clip, index)
             except DataError as exc:
-                self.failures += 1
                 self._failed.add(clip.path)
-                log.warning("skipping clip that failed to decode (%d so far in this process): %s",
-                            self.failures, exc)
+                self.bad_log.record(clip.path, str(exc))  # logs the warning with the path
                 continue
             return {"video": video.permute(1, 0, 2, 3).contiguous(), "caption": clip.caption, "index": index}
         raise DataError(f"{self.root}: every clip failed to decode ({', '.join(sorted(self._failed))})")

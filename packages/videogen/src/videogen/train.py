@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
-from mlcore import Callback, Trainer, make_loader
+from mlcore import BadSampleLog, Callback, Trainer, make_loader
 from mlcore.checkpoint import CheckpointError, load_checkpoint
 from mlcore.cli import train_main
 from mlcore.runlog import write_json_atomic
@@ -346,8 +346,9 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
     if lpips is not None:
         lpips.to(trainer.strategy.device)
 
+    bad_log = BadSampleLog()  # clips that fail to decode mid-run, counted across loader workers and phases
     ds_kw = dict(num_frames=cfg.num_frames, size=cfg.image_size, fps=cfg.fps, stride=cfg.frame_stride,
-                 cache_frames=cfg.cache_frames)
+                 cache_frames=cfg.cache_frames, bad_log=bad_log)
     val_loader = None
     if val_clips:
         val_ds = VideoClipDataset(index.root, val_clips, train=False, windows_per_clip=cfg.val_windows, **ds_kw)
@@ -409,7 +410,7 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
                 "stage": cfg.stage, "model_size": cfg.model_size, "parameters": n_params,
                 "trainable_parameters": n_train, "estimated_memory_gib": mem,
                 "train_clips": [c.path for c in train_clips], "val_clips": [c.path for c in val_clips],
-                "skipped_clips": index.skipped, "phases": [phase_rows[k] for k in sorted(phase_rows)]})
+                "skipped_clips": {**index.skipped, **bad_log.entries()}, "phases": [phase_rows[k] for k in sorted(phase_rows)]})
         if not summary.get("completed", True):
             break
     trainer.close()
