@@ -3,14 +3,10 @@ and a per-class report CSV (``--out DIR``). The metrics are one JSON object on t
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-from PIL import Image, ImageDraw
 
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
 from foodrec.data import DataError, FoodDataset, eval_transform, load_index
@@ -23,32 +19,8 @@ from mlcore.checkpoint import CheckpointError, load_checkpoint
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from mlcore.devices import build_strategy
+from mlcore.reports import write_classification_report
 from mlcore.trainer import evaluate_model
-
-
-def confusion_png(confusion: np.ndarray, classes: Sequence[str], path: str | Path, *, cell: int = 28) -> Path:
-    """Render a ``(C, C)`` confusion matrix (rows: true class, columns: predicted) as a PNG heatmap.
-
-    Each row is normalised to recall (white 0 -> dark blue 1); the counts are written in the cells.
-    """
-    c = len(classes)
-    rows = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    margin = 8 + 7 * max(len(n) for n in classes)
-    img = Image.new("RGB", (margin + c * cell + 8, margin + c * cell + 8), "white")
-    draw = ImageDraw.Draw(img)
-    for i in range(c):
-        draw.text((4, margin + i * cell + cell // 3), classes[i], fill="black")
-        draw.text((margin + i * cell + 2, 4 + (i % 2) * 12), classes[i][:4], fill="black")
-        for j in range(c):
-            v = float(rows[i, j])
-            colour = (int(255 * (1 - v)), int(255 * (1 - 0.8 * v)), 255)
-            x0, y0 = margin + j * cell, margin + i * cell
-            draw.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=colour, outline=(220, 220, 220))
-            if confusion[i, j]:
-                draw.text((x0 + 4, y0 + cell // 3), str(int(confusion[i, j])), fill="white" if v > 0.5 else "black")
-    path = Path(path)
-    img.save(path)
-    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,15 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 strategy, desc=args.split)
         per_class = metric.per_class_f1(index.labels)
         if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            confusion_png(metric.confusion.cpu().numpy(), index.labels, out / "confusion_matrix.png")
-            with open(out / "per_class.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["class", "label", "f1", "support"])
-                support = metric.confusion.sum(dim=1).tolist()
-                for name, label, s in zip(index.classes, index.labels, support, strict=True):
-                    w.writerow([name, label, round(per_class[label], 6), int(s)])
+            write_classification_report(metric, index.classes, index.labels, args.out)
         print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, "n_images": len(ds),
                           **result, "per_class_f1": per_class}))
         return 0

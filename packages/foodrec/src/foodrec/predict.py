@@ -18,21 +18,7 @@ from foodrec.models import build_model
 from mlcore.checkpoint import CheckpointError, load_checkpoint
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
-
-
-def load_labels(checkpoint: Path, labels_file: str | None) -> list[str]:
-    """Class names in model-output order: ``--labels`` (JSON mapping or one name per line) or the run's
-    ``label_mapping.json``.
-
-    Raises:
-        CheckpointError: no label file found.
-    """
-    path = Path(labels_file) if labels_file else checkpoint.resolve().parent.parent / "label_mapping.json"
-    if not path.is_file():
-        raise CheckpointError(f"labels not found: {path} (pass --labels FILE)")
-    if path.suffix == ".json":
-        return list(json.loads(path.read_text())["labels"])
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+from mlcore.reports import load_label_names, top_k_labels
 
 
 @torch.inference_mode()
@@ -44,10 +30,7 @@ def predict(model: torch.nn.Module, images: Sequence[Path], labels: Sequence[str
     results = []
     for path in images:
         x = transform(load_image(path)).as_subclass(torch.Tensor).unsqueeze(0)
-        prob = torch.softmax(model(x).float(), dim=-1)[0]
-        p, i = prob.topk(min(top_k, prob.numel()))
-        results.append({"image": str(path), "top": [{"label": labels[j], "probability": round(float(q), 6)}
-                                                    for q, j in zip(p.tolist(), i.tolist(), strict=True)]})
+        results.append({"image": str(path), "top": top_k_labels(model(x)[0], labels, top_k)})
     return results
 
 
@@ -68,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = ckpt.get("config") or {}
         if "backbone" not in cfg:
             raise CheckpointError(f"{ckpt_path}: no foodrec config (expected a checkpoint from foodrec-train)")
-        labels = load_labels(ckpt_path, args.labels)
+        labels = load_label_names(ckpt_path, args.labels)
         model = build_model(cfg["backbone"], num_classes=len(labels), pretrained=None)
         try:
             model.load_state_dict(ckpt["model"])

@@ -8,7 +8,6 @@ preprocessing the run validated with.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,10 @@ from mlcore.checkpoint import CheckpointError, load_checkpoint
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from mlcore.devices import build_strategy
+from mlcore.reports import write_classification_report
 from mlcore.trainer import evaluate_model
 from plantid.data import DataError, PlantDataset, decode_transform, eval_transform, load_index
-from plantid.metrics import ClassificationMetrics, confusion_png
+from plantid.metrics import ClassificationMetrics
 from plantid.models import PlantClassifier, build_model
 from plantid.train import make_step
 
@@ -90,15 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 desc=args.split)
         per_class = metric.per_class_f1(index.labels)
         if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            confusion_png(metric.confusion.cpu().numpy(), index.labels, out / "confusion_matrix.png")
-            with open(out / "per_class.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["class", "label", "f1", "support"])
-                support = metric.confusion.sum(dim=1).tolist()
-                for name, label, s in zip(index.classes, index.labels, support, strict=True):
-                    w.writerow([name, label, round(per_class[label], 6), int(s)])
+            write_classification_report(metric, index.classes, index.labels, args.out)
         print(json.dumps({"checkpoint": str(args.checkpoint), "split": args.split, "n_images": len(ds),
                           **result, "per_class_f1": per_class}))
         return 0

@@ -16,20 +16,10 @@ import mlcore  # noqa: F401  (allocator environment variables before torch initi
 from mlcore.checkpoint import CheckpointError
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
+from mlcore.reports import load_label_names, top_k_labels
 from plantid.augment import DeviceNormalize
 from plantid.data import DataError, load_image
 from plantid.eval import model_from_checkpoint, preprocess
-
-
-def load_labels(checkpoint: Path, labels_file: str | None) -> list[str]:
-    """Class names in model-output order, from ``--labels`` (``label_mapping.json`` or one name per line)
-    or the run's ``label_mapping.json``. Raises ``CheckpointError`` when none is found."""
-    path = Path(labels_file) if labels_file else checkpoint.resolve().parent.parent / "label_mapping.json"
-    if not path.is_file():
-        raise CheckpointError(f"labels not found: {path} (pass --labels FILE)")
-    if path.suffix == ".json":
-        return list(json.loads(path.read_text())["labels"])
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 @torch.inference_mode()
@@ -46,10 +36,7 @@ def predict(model: torch.nn.Module, images: Sequence[Path], labels: Sequence[str
         x = transform(load_image(path)).as_subclass(torch.Tensor).unsqueeze(0)
         if x.dtype == torch.uint8:
             x = normalize(x)
-        prob = torch.softmax(model(x).float(), dim=-1)[0]
-        p, i = prob.topk(min(top_k, prob.numel()))
-        results.append({"image": str(path), "top": [{"label": labels[j], "probability": round(float(q), 6)}
-                                                    for q, j in zip(p.tolist(), i.tolist(), strict=True)]})
+        results.append({"image": str(path), "top": top_k_labels(model(x)[0], labels, top_k)})
     return results
 
 
@@ -67,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--top-k must be >= 1 (got {args.top_k})")
         ckpt = Path(args.checkpoint)
         model, cfg = model_from_checkpoint(ckpt)
-        labels = load_labels(ckpt, args.labels)
+        labels = load_label_names(ckpt, args.labels)
         if len(labels) != model.head[-1].out_features:
             raise CheckpointError(f"{ckpt}: {model.head[-1].out_features} classes but {len(labels)} labels")
         for row in predict(model, [Path(i) for i in args.images], labels, cfg, args.top_k):

@@ -24,6 +24,7 @@ from mlcore import Trainer, make_loader
 from mlcore.checkpoint import CheckpointError, load_checkpoint
 from mlcore.cli import train_main
 from mlcore.data import BadSampleLog
+from mlcore.reports import confusion_png
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
 from mlcore.trainer import with_overrides
@@ -39,7 +40,7 @@ from plantid.data import (
     train_transform,
 )
 from plantid.losses import classification_loss
-from plantid.metrics import ClassificationMetrics, confusion_png
+from plantid.metrics import ClassificationMetrics
 from plantid.models import build_model, freeze_backbone, param_count
 
 log = logging.getLogger("plantid.train")
@@ -129,7 +130,7 @@ def train(cfg: PlantIdConfig) -> dict[str, Any]:
             raise CheckpointError(f"--weights {weights_file}: does not match {cfg.model_type} with "
                                   f"{index.num_classes} classes ({str(exc).splitlines()[0]})") from exc
     augment = DeviceAugmentation(cfg.image_size, **cfg.aug_kwargs()) if cfg.gpu_aug else None
-    metric = ClassificationMetrics(index.num_classes)
+    metric = ClassificationMetrics(index.num_classes, index.classes)  # + per-class F1 every epoch
     trainer = Trainer(model, cfg, make_step(cfg.label_smoothing, augment), metrics=[metric])
     if trainer.logger.enabled:
         write_json_atomic(trainer.run_dir / "label_mapping.json",
