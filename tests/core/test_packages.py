@@ -17,6 +17,10 @@ MODULES = {
     "hairseg": ["hairseg", "hairseg.train", "hairseg.eval", "hairseg.export", "hairseg.predict",
                 "hairseg.datasets", "hairseg.inference", "hairseg.baseline"],
     "foodrec": ["foodrec", "foodrec.train", "foodrec.eval", "foodrec.predict", "foodrec.datasets"],
+    "plantid": ["plantid", "plantid.train", "plantid.eval", "plantid.predict", "plantid.datasets"],
+    "roofseg": ["roofseg", "roofseg.train", "roofseg.eval", "roofseg.predict", "roofseg.agreement",
+                "roofseg.datasets"],
+    "videogen": ["videogen", "videogen.train", "videogen.eval", "videogen.predict"],
 }
 
 
@@ -30,5 +34,5 @@ def test_imports_alone(package):
     assert loaded <= {package}, f"{package} imported other domain packages: {loaded - {package}}"
 
 
-def test_hairseg_is_installed():
-    assert "hairseg" in PACKAGES
+def test_every_domain_is_installed():
+    assert PACKAGES == ["mlcore", *DOMAINS]
