@@ -95,7 +95,7 @@ def test_stratified_split_rules() -> None:
     assert counts == {1: 2, 2: 4}  # a 1-sample class stays in train; round(0.2 * 11) = 2, round(4.2) = 4
     assert sorted(train + val, key=samples.index) == samples
     assert train == [s for s in samples if s in train]  # input order kept
-    with pytest.raises(DataError, match="val_fraction"):
+    with pytest.raises(ValueError, match="val_fraction"):
         stratified_split(samples, 1.0)
 
 

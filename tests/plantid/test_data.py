@@ -35,7 +35,7 @@ def test_stratified_split_counts_seed_and_disjointness():
     assert set(train).isdisjoint(val) and len(train) + len(val) == len(samples)
     assert stratified_split(samples, 0.2, seed=3) == (train, val)
     assert stratified_split(samples, 0.2, seed=4)[1] != val
-    with pytest.raises(DataError, match="val_fraction"):
+    with pytest.raises(ValueError, match="val_fraction"):
         stratified_split(samples, 1.0)
 
 

@@ -19,9 +19,9 @@ import random
 import shutil
 import tempfile
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -152,6 +152,38 @@ class SeededDataset(Dataset):
             if in_main:
                 random.setstate(saved[0])
                 torch.set_rng_state(saved[1])
+
+
+S = TypeVar("S")
+
+
+def stratified_split(samples: Sequence[S], val_fraction: float, seed: int = 0) -> tuple[list[S], list[S]]:
+    """Split ``samples`` (anything with an int ``.label``) into ``(train, val)`` per class.
+
+    ``round(val_fraction * n)`` of a class's ``n`` samples go to val, clamped to ``[1, n - 1]`` when
+    ``n >= 2`` and ``val_fraction > 0`` (a 1-sample class stays in train). Which samples go is a per-class
+    permutation from ``numpy.random.default_rng(seed)`` (classes in label order), so the split is a pure
+    function of (samples, fraction, seed) and leaves the augmentation RNGs alone; both outputs keep the
+    input order.
+
+    Raises:
+        ValueError: unless ``0 <= val_fraction < 1``.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, s in enumerate(samples):
+        by_class.setdefault(s.label, []).append(i)  # type: ignore[attr-defined]
+    val_ids: set[int] = set()
+    for label in sorted(by_class):
+        ids = by_class[label]
+        n_val = 0
+        if val_fraction > 0 and len(ids) >= 2:
+            n_val = min(max(round(val_fraction * len(ids)), 1), len(ids) - 1)
+        val_ids.update(ids[j] for j in rng.permutation(len(ids))[:n_val])
+    return ([s for i, s in enumerate(samples) if i not in val_ids],
+            [s for i, s in enumerate(samples) if i in val_ids])
 
 
 class BadSampleLog:

@@ -33,7 +33,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog  # noqa: F401  (the constants re-exported)
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog, stratified_split  # noqa: F401  (the constants re-exported)
 
 PATH_COLUMNS = ("image_path", "path")
 LABEL_COLUMNS = ("label", "class")
@@ -222,34 +222,6 @@ def _parquet_splits(base: Path, check_files: bool) -> tuple[list[str], list[str]
             out.append(FoodSample(path, lookup[value]))
         splits[split] = sorted(out, key=lambda s: str(s.path))
     return classes, labels, splits
-
-
-def stratified_split(
-    samples: Sequence[FoodSample], val_fraction: float, seed: int = 0
-) -> tuple[list[FoodSample], list[FoodSample]]:
-    """Split ``samples`` into ``(train, val)``, per class: ``round(val_fraction * n)`` go to val, clamped to
-    ``[1, n - 1]`` when ``n >= 2`` and ``val_fraction > 0`` (a 1-sample class stays in train).
-
-    Which samples go is a per-class permutation from ``numpy.random.default_rng(seed)``, so the split is a
-    pure function of the sample list, fraction and seed (augmentation RNGs are untouched). Both outputs keep
-    the input order. Raises ``DataError`` unless ``0 <= val_fraction < 1``.
-    """
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_class.setdefault(s.label, []).append(i)
-    val_ids: set[int] = set()
-    for label in sorted(by_class):
-        ids = by_class[label]
-        n_val = 0
-        if val_fraction > 0 and len(ids) >= 2:
-            n_val = min(max(round(val_fraction * len(ids)), 1), len(ids) - 1)
-        val_ids.update(ids[j] for j in rng.permutation(len(ids))[:n_val])
-    train = [s for i, s in enumerate(samples) if i not in val_ids]
-    val = [s for i, s in enumerate(samples) if i in val_ids]
-    return train, val
 
 
 def load_index(

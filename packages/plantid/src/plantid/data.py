@@ -32,7 +32,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog, stratified_split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPECIES_NAMES_FILE = "plantnet300K_species_id_2_name.json"
@@ -99,30 +99,6 @@ def _find_plantnet(root: Path) -> Path | None:
         if (base / "images" / "train").is_dir():
             return base
     return None
-
-
-def stratified_split(samples: Sequence[PlantSample], val_fraction: float, seed: int = 0
-                     ) -> tuple[list[PlantSample], list[PlantSample]]:
-    """Split ``samples`` into ``(train, val)`` per class: ``round(val_fraction * n)`` of a class's ``n``
-    samples go to val, clamped to ``[1, n - 1]`` when ``n >= 2`` (a 1-sample class stays in train).
-
-    The chosen samples are a per-class permutation from ``numpy.random.default_rng(seed)`` (classes in
-    label order), so the split is a pure function of (samples, fraction, seed); both outputs keep the
-    input order. Raises ``DataError`` unless ``0 <= val_fraction < 1``.
-    """
-    if not 0 <= val_fraction < 1:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, s in enumerate(samples):
-        by_class.setdefault(s.label, []).append(i)
-    val_ids: set[int] = set()
-    for label in sorted(by_class):
-        ids = by_class[label]
-        n_val = min(max(round(val_fraction * len(ids)), 1), len(ids) - 1) if val_fraction > 0 and len(ids) >= 2 else 0
-        val_ids.update(ids[j] for j in rng.permutation(len(ids))[:n_val])
-    return ([s for i, s in enumerate(samples) if i not in val_ids],
-            [s for i, s in enumerate(samples) if i in val_ids])
 
 
 def _load_imagefolder(base: Path, val_fraction: float, seed: int) -> PlantIndex:
