@@ -52,6 +52,8 @@ def test_predict_writes_pngs_and_lonlat_geojson(outline_run, rid_root, tmp_path,
     assert predict_main([str(tile), "--checkpoint", str(outline_run / "checkpoints/last.pt"), "--out",
                          str(tmp_path)]) == 0
     assert (tmp_path / "1011_outline.png").is_file() and (tmp_path / "1011_outline_mask.png").is_file()
+    raw = np.asarray(Image.open(tmp_path / "1011_outline_mask.png"))
+    assert raw.shape == (512, 512) and set(np.unique(raw).tolist()) <= {0, 1}  # RID convention: 0 = roof
     gj = json.loads((tmp_path / "1011.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and gj["properties"]["coordinates"] == "lonlat"
     for f in gj["features"]:

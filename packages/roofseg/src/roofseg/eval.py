@@ -55,7 +55,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     samples = find_samples(data, split, task, sectors=sectors, val_fraction=cfg.get("val_fraction", 0.2),
                            test_fraction=cfg.get("test_fraction", 0.0), seed=cfg.get("seed", 0),
                            lines_limit=cfg.get("lines_limit"),
-                           sources=tuple(cfg["sources"].split(",")) if cfg.get("sources") else None)
+                           sources=tuple(cfg["sources"].split(",")) if cfg.get("sources") else None,
+                           roof_label=cfg.get("roof_label", "outlines"),
+                           solarnet_superstructures=cfg.get("solarnet_superstructures", "off"))
     if limit:
         samples = samples[:limit]
     ds = RoofDataset(samples, heads, int(cfg.get("image_size", 512)), train=False, sectors=sectors,

@@ -4,7 +4,11 @@ Per tile ``NAME`` it writes, for the heads the checkpoint has:
 
 - ``NAME_<head>.png``: the tile beside the coloured class map, with a legend (superstructures,
   segments), or the roof overlay (outline), or the drawn roof lines (lines);
-- ``NAME_<head>_mask.png``: the raw class-index / 0-1 map at the tile's resolution;
+- ``NAME_<head>_mask.png``: the class map at the tile's resolution in **RID's mask convention**
+  (RID ``mask_generation.py``: class ids 0..n-1, background = n): outline 0 = roof, 1 = not roof
+  (as ``roof_outlines_reviewed``); superstructures 0..7 RID classes, 8 background; segments 0..K-1
+  azimuth sectors, K flat, K+1 background. The lines head writes its three probability maps as an
+  RGB image (inner, eave, junction; 0..255);
 - ``NAME.geojson``: a FeatureCollection with roof-outline polygons (contours simplified with
   Douglas-Peucker, ``--simplify`` px), segment polygons carrying their azimuth class, roof lines
   vectorized from the line map (thinning, then probabilistic Hough segment fitting) typed
@@ -184,7 +188,8 @@ def figures(image: np.ndarray, probs: dict[str, np.ndarray], sectors: int) -> di
             m = p[0] >= 0.5
             col = np.zeros_like(image)
             col[..., 1] = 255
-            out[head] = (Image.fromarray(np.concatenate([image, overlay(image, col, m)], 1)), m.astype(np.uint8) * 255)
+            # RID convention: 0 = roof, 1 = not roof
+            out[head] = (Image.fromarray(np.concatenate([image, overlay(image, col, m)], 1)), (~m).astype(np.uint8))
         elif head == "lines":
             line = thin_lines(np.maximum(p[0], p[1]))
             drawn = image.copy()

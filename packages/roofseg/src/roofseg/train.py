@@ -66,7 +66,8 @@ def split_samples(cfg: RoofSegConfig, split: str):
     """Samples of ``split`` for ``cfg`` (see :func:`roofseg.data.find_samples`)."""
     return find_samples(cfg.data, split, cfg.task, sectors=cfg.sectors, val_fraction=cfg.val_fraction,
                         test_fraction=cfg.test_fraction, seed=cfg.seed, lines_limit=cfg.lines_limit,
-                        sources=cfg.source_list())
+                        sources=cfg.source_list(), roof_label=cfg.roof_label,
+                        solarnet_superstructures=cfg.solarnet_superstructures)
 
 
 def train(cfg: RoofSegConfig) -> dict[str, Any]:
@@ -77,6 +78,9 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
     """
     seed_everything(cfg.seed)
     heads = cfg.heads()
+    if cfg.solarnet_superstructures == "inferred" and "superstructures" in heads:
+        log.warning("--solarnet-superstructures inferred: training on SolarNet+'s superstructure channel with a "
+                    "class order read off the sample masks (not published by its authors)")
     train_samples, val_samples = split_samples(cfg, "train"), split_samples(cfg, "val")
     if cfg.max_samples:
         train_samples, val_samples = train_samples[: cfg.max_samples], val_samples[: cfg.max_samples]

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
 from roofseg.data.lines import parse_graph, render_targets
-from roofseg.data.rid import DataError, SegmentRasterizer
+from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, DataError, SegmentRasterizer
 from roofseg.data.sources import RoofSample
 
 log = logging.getLogger("roofseg.data")
@@ -73,18 +73,52 @@ def outline_to_roof(mask: np.ndarray, source: str) -> np.ndarray:
     return (mask > 0).astype(np.uint8)
 
 
-def solarnet_channels(mask: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+SOLARNET_ORIENTATION: tuple[str, ...] = ("flat", "W", "S", "E", "N")
+"""SolarNet+ orientation channel values 1..5 (0 = background), from SolarNet+'s own PV code:
+``pvcode/cal_pv.py`` sets ``segment_classes = ['flat', 'W', 'S', 'E', 'N']`` with ``bg_is_0 = True``
+and ``pvcode/spatial_operations.py::raster_to_vector`` reads class ``i`` from mask value ``i + 1``
+(github.com/lqycrystal/SolarNet_plus). The sample agrees: value 5 lies on the shaded (darkest)
+faces, 1 on small flat annexes."""
+
+SOLARNET_SUPERSTRUCTURES_INFERRED: tuple[str, ...] = (
+    "unknown", "tree", "shadow", "chimney", "ladder", "window", "dormer", "pvmodule")
+"""SolarNet+ superstructure channel values 1..8 (0 = background) **as inferred from the sample
+masks only**: SolarNet+'s code (``dlcode/trainsolarnet.py``: ``--num_class 9``, no names) and README
+name no order. Drawn over the 8 sample tiles, value 8 covers PV modules, 7 dormers, 6 skylights,
+5 ladder-like rows, 4 chimneys, 3 cast shadows, 2 overhanging trees, 1 thin eave strips and small
+unidentified objects: RID's order reversed (value = 8 - RID index). Not established by the authors,
+so this channel is not trained unless ``--solarnet-superstructures inferred`` asks for it."""
+
+_SN_ORIENTATION_LUT = np.full(256, IGNORE_INDEX, np.uint8)
+_SN_ORIENTATION_LUT[0] = 5  # background
+for _v, _name in enumerate(SOLARNET_ORIENTATION, start=1):
+    _SN_ORIENTATION_LUT[_v] = ("N", "E", "S", "W", "flat").index(_name)
+
+_SN_SUPER_LUT = np.full(256, IGNORE_INDEX, np.uint8)
+_SN_SUPER_LUT[0] = 8  # background
+for _v, _name in enumerate(SOLARNET_SUPERSTRUCTURES_INFERRED, start=1):
+    _SN_SUPER_LUT[_v] = SUPERSTRUCTURE_CLASSES.index(_name)
+
+
+def solarnet_channels(mask: np.ndarray, path: Path, superstructures: str = "off",
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Split a SolarNet+ 3-channel mask into RID-style label maps.
 
-    SolarNet+ (RID re-labelled): channel 0 roof (0/1), channel 1 roof-segment orientation
-    (0 = not roof, 1..4 = N, E, S, W, 5 = flat: RID's 4-sector scheme shifted by one), channel 2
-    superstructure (0 = background, k = RID class k - 1). The value assignment of channels 1 and 2
-    is inferred from the samples (values 1..5 occur only on the roof channel's pixels, 0 dominates
-    channel 2) and from RID's 6- and 9-class schemes.
+    SolarNet+ (RID re-labelled, github.com/lqycrystal/SolarNet_plus): channel 0 roof (0/1),
+    channel 1 roof-segment orientation (:data:`SOLARNET_ORIENTATION`: 0 background, 1 flat, 2 W,
+    3 S, 4 E, 5 N, from the authors' ``pvcode/cal_pv.py``), channel 2 superstructures (order not
+    published; see :data:`SOLARNET_SUPERSTRUCTURES_INFERRED`).
+
+    Args:
+        mask: ``(H, W, 3)`` uint8.
+        path: the mask file (for error messages).
+        superstructures: ``off`` (return None for channel 2) or ``inferred`` (decode it with the
+            order inferred from the samples).
 
     Returns:
-        outline (H, W) uint8 {0, 1}; segments (H, W) uint8 in the 4-sector scheme (0..3 sectors,
-        4 flat, 5 background); superstructures (H, W) uint8 in RID order (8 = background).
+        outline (H, W) uint8 {0, 1}; segments (H, W) uint8 in the 4-sector scheme (sectors N, E,
+        S, W = 0..3, 4 flat, 5 background, 255 unknown values); superstructures (H, W) uint8 in RID
+        order (8 = background) or None.
 
     Raises:
         DataError: not a 3-channel mask.
@@ -93,13 +127,41 @@ def solarnet_channels(mask: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndar
         raise DataError(f"{path}: expected a 3-channel SolarNet+ mask (roof, orientation, superstructure), "
                         f"got shape {mask.shape}")
     roof = (mask[..., 0] > 0).astype(np.uint8)
-    o = mask[..., 1].astype(np.int16)
-    seg = np.where(o == 0, 5, o - 1).astype(np.uint8)
-    seg[o > 5] = IGNORE_INDEX
-    s = mask[..., 2].astype(np.int16)
-    sup = np.where(s == 0, 8, s - 1).astype(np.uint8)
-    sup[s > 8] = IGNORE_INDEX
+    seg = _SN_ORIENTATION_LUT[mask[..., 1]]
+    sup = _SN_SUPER_LUT[mask[..., 2]] if superstructures == "inferred" else None
     return roof, seg, sup
+
+
+COARSEN_16: dict[int, tuple[int, ...]] = {
+    # fine sector:  N  NNE NE ENE E  ESE SE SSE S  SSW SW WSW W  WNW NW NNW
+    4: (0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 0, 0),
+    8: (0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 0),
+}
+"""RID's 16 azimuth sectors -> 4 or 8 (explicit table, used for ``masks_segments_reviewed`` files).
+
+Every coarse sector receives the same number of fine sectors (4 of 16, or 2 of 16): the table is
+invariant under a quarter turn. A fine sector that straddles a coarse boundary (NE, SE, SW, NW for
+4; NNE, ENE, ... for 8) goes to the coarse sector **clockwise** of the boundary, which is what
+:func:`~roofseg.data.rid.azimuth_to_class` gives for the fine sector's centre azimuth. Where RID's
+vector labels exist the coarse mask is rasterised from the true azimuths instead."""
+
+
+def coarsen_segments(mask: np.ndarray, sectors: int) -> np.ndarray:
+    """``(H, W)`` uint8 16-sector mask (0..15, 16 flat, 17 background) -> ``sectors`` scheme
+    (:data:`COARSEN_16`; flat -> ``sectors``, background -> ``sectors + 1``, anything else 255)."""
+    if sectors == 16:
+        return np.where(mask > 17, IGNORE_INDEX, mask).astype(np.uint8)
+    lut = np.full(256, IGNORE_INDEX, np.uint8)
+    lut[:16] = COARSEN_16[sectors]
+    lut[16], lut[17] = sectors, sectors + 1
+    return lut[mask]
+
+
+def _check_size(mask: np.ndarray, mask_path: Path, image_path: Path, shape: tuple[int, int]) -> None:
+    """Raise a one-line DataError when a label file's size differs from its tile's."""
+    if tuple(mask.shape[:2]) != tuple(shape[:2]):
+        raise DataError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but image {image_path} is "
+                        f"{shape[1]}x{shape[0]}")
 
 
 def azimuth_lut(sectors: int, op: str) -> np.ndarray:
@@ -173,8 +235,12 @@ class RoofDataset(Dataset):
         S = self.size
         out: dict[str, np.ndarray] = {}
         if s.source == "solarnet":
-            roof, seg, sup = solarnet_channels(load_index_mask(s.outline), s.outline)  # type: ignore[arg-type]
-            out["outline"], out["superstructures"] = _resize_nearest(roof, S), _resize_nearest(sup, S)
+            raw = load_index_mask(s.outline)  # type: ignore[arg-type]
+            _check_size(raw, s.outline, s.image, shape)  # type: ignore[arg-type]
+            roof, seg, sup = solarnet_channels(raw, s.outline, "inferred" if s.superstructures else "off")  # type: ignore[arg-type]
+            out["outline"] = _resize_nearest(roof, S)
+            if sup is not None:
+                out["superstructures"] = _resize_nearest(sup, S)
             if self.sectors == 4:
                 out["segments"] = _resize_nearest(seg, S)
             return out
@@ -182,12 +248,19 @@ class RoofDataset(Dataset):
             graph = parse_graph(s.graph).scaled(S / shape[1], S / shape[0])
             t = render_targets(graph, (S, S), line_width=self.line_width, junction_sigma=self.junction_sigma)
             out.update(t)
-        if s.outline is not None and "outline" in self.heads:
+        if "outline" in self.heads and s.source == "rid" and s.roof_label == "segments":
+            # roof = the union of RID's segment polygons (every labelled roof, not only the centred one)
+            seg16 = self._rid_segments(s, shape, 16)
+            if seg16 is not None:
+                out["outline"] = _resize_nearest(((seg16 != 17) & (seg16 != IGNORE_INDEX)).astype(np.uint8), S)
+        elif s.outline is not None and "outline" in self.heads:
             m = load_index_mask(s.outline)
+            _check_size(m, s.outline, s.image, shape)
             m = m[..., 0] if m.ndim == 3 else m
             out["outline"] = _resize_nearest(outline_to_roof(m, s.source), S)
         if s.superstructures is not None and "superstructures" in self.heads:
             m = load_index_mask(s.superstructures)
+            _check_size(m, s.superstructures, s.image, shape)
             if m.ndim != 2:
                 raise DataError(f"{s.superstructures}: expected a one-channel class mask, got shape {m.shape}")
             m = np.where(m > 8, IGNORE_INDEX, m).astype(np.uint8)
@@ -195,26 +268,31 @@ class RoofDataset(Dataset):
         if "segments" in self.heads:
             seg = None
             if s.segments is not None:
-                seg = self._segment_mask_file(s.segments)
-            elif s.rid_root is not None and s.tile is not None:
-                seg = SegmentRasterizer(s.rid_root).mask(s.tile, shape, self.sectors)
+                seg = self._segment_mask_file(s.segments, s.image, shape)
+            else:
+                seg = self._rid_segments(s, shape, self.sectors)
             if seg is not None:
                 out["segments"] = _resize_nearest(seg, S)
         return out
 
-    def _segment_mask_file(self, path: Path) -> np.ndarray:
+    @staticmethod
+    def _rid_segments(s: RoofSample, shape: tuple[int, int], sectors: int) -> np.ndarray | None:
+        """RID's vector segments rasterised on the tile's grid (None without vector labels/footprint)."""
+        if s.segments is not None:
+            m = load_index_mask(s.segments)
+            _check_size(m, s.segments, s.image, shape)
+            return coarsen_segments(m, sectors) if m.ndim == 2 else None
+        if s.rid_root is None or s.tile is None:
+            return None
+        return SegmentRasterizer(s.rid_root).mask(s.tile, shape, sectors)
+
+    def _segment_mask_file(self, path: Path, image: Path, shape: tuple[int, int]) -> np.ndarray:
         """RID's ``masks_segments_reviewed`` masks are in the 16-sector scheme (0..15, 16 flat, 17 bg)."""
         m = load_index_mask(path)
         if m.ndim != 2:
             raise DataError(f"{path}: expected a one-channel segment mask, got shape {m.shape}")
-        if self.sectors == 16:
-            return np.where(m > 17, IGNORE_INDEX, m).astype(np.uint8)
-        f = 16 // self.sectors
-        # 16 sectors -> coarser: sector i (centred on i * 22.5 deg) -> round(i / f) mod K
-        lut = np.full(256, IGNORE_INDEX, np.uint8)
-        lut[:16] = np.round(np.arange(16) / f).astype(int) % self.sectors
-        lut[16], lut[17] = self.sectors, self.sectors + 1
-        return lut[m]
+        _check_size(m, path, image, shape)
+        return coarsen_segments(m, self.sectors)
 
     # --------------------------------------------------------------------------------------
     def __getitem__(self, index: int) -> dict[str, Any]:

@@ -29,6 +29,11 @@ TASK_HEADS: dict[str, tuple[str, ...]] = {
 }
 """Heads trained by each ``--task``."""
 
+ROOF_LABELS: tuple[str, ...] = ("segments", "outlines")
+"""RID roof labels (``--roof-label``): ``segments`` = union of the rasterised segment polygons (every
+labelled roof on the tile; the default, it answers "is this pixel a roof"), ``outlines`` =
+``roof_outlines_reviewed`` (only the centred building: neighbouring roofs count as background)."""
+
 TASK_LABEL: dict[str, str] = {"outlines": "outline", "superstructures": "superstructures",
                               "segments": "segments", "lines": "lines"}
 
@@ -38,7 +43,9 @@ class RoofSample:
     """One tile and where each of its labels comes from (None: the tile has no such label).
 
     ``segments`` is a ready mask file (RID's ``masks_segments_reviewed`` or a SolarNet+ mask);
-    ``rid_root`` + ``tile`` let RID's vector labels be rasterized instead.
+    ``rid_root`` + ``tile`` let RID's vector labels be rasterized instead. ``roof_label`` (RID):
+    ``outlines`` = ``roof_outlines_reviewed`` (the centred building only), ``segments`` = the union
+    of the rasterised segment polygons (every labelled roof on the tile).
     """
 
     name: str
@@ -50,10 +57,13 @@ class RoofSample:
     graph: Path | None = None
     rid_root: Path | None = None
     tile: str | None = None
+    roof_label: str = "outlines"
 
     def has(self, head: str, sectors: int = 16) -> bool:
         """Whether this sample carries the label of ``head`` (SolarNet+ segments only for 4 sectors)."""
         if head == "outline":
+            if self.source == "rid" and self.roof_label == "segments":
+                return self.segments is not None or self._in_vector_labels()
             return self.outline is not None or self.graph is not None
         if head == "superstructures":
             return self.superstructures is not None
@@ -62,11 +72,14 @@ class RoofSample:
                 return sectors == 4
             if self.segments is not None:
                 return True
-            return self.rid_root is not None and self.tile is not None and \
-                self.tile in SegmentRasterizer(self.rid_root).footprints
+            return self._in_vector_labels()
         if head == "lines":
             return self.graph is not None
         raise ValueError(f"unknown head {head!r}")
+
+    def _in_vector_labels(self) -> bool:
+        return self.rid_root is not None and self.tile is not None and \
+            self.tile in SegmentRasterizer(self.rid_root).footprints
 
 
 def _images(folder: Path) -> list[Path]:
@@ -132,14 +145,25 @@ def _hash_split(names: list[str], split: str, val_fraction: float, test_fraction
     return sorted(parts[split]) if split != "all" else list(range(n))
 
 
-def rid_samples(root: Path, split: str, val_fraction: float, test_fraction: float, seed: int) -> list[RoofSample]:
-    """RID tiles of ``split`` (seeded split by tile name)."""
+def rid_samples(root: Path, split: str, val_fraction: float, test_fraction: float, seed: int,
+                roof_label: str = "segments") -> list[RoofSample]:
+    """RID tiles of ``split`` (seeded split by tile name).
+
+    Raises:
+        DataError: ``roof_label="segments"`` without RID's vector labels or segment masks.
+    """
+    if roof_label not in ROOF_LABELS:
+        raise DataError(f"--roof-label: expected one of {', '.join(ROOF_LABELS)}, got {roof_label!r}")
     tiles = find_rid_tiles(root)
     rast = SegmentRasterizer(root)
     vector = rast.available()
+    if roof_label == "segments" and not vector and not any(t.segments_mask for t in tiles):
+        raise DataError(f"--roof-label segments: {root} has neither vector_labels/segments_reviewed.csv + "
+                        f"image_boundaries.csv nor masks_segments_reviewed/; use --roof-label outlines")
     idx = _hash_split([t.name for t in tiles], split, val_fraction, test_fraction, seed)
     return [RoofSample(t.name, "rid", t.image, outline=t.outline, superstructures=t.superstructures,
-                       segments=t.segments_mask, rid_root=root if vector else None, tile=t.name)
+                       segments=t.segments_mask, rid_root=root if vector else None, tile=t.name,
+                       roof_label=roof_label)
             for t in (tiles[i] for i in idx)]
 
 
@@ -147,14 +171,21 @@ def _split_folders(root: Path, split: str) -> list[Path]:
     return [root / s for s in ("train", "val", "test")] if split == "all" else [root / split]
 
 
-def solarnet_samples(root: Path, split: str) -> list[RoofSample]:
-    """SolarNet+ ``SPLIT/images/X.png`` + ``SPLIT/masks/X.png`` (3-channel masks)."""
+def solarnet_samples(root: Path, split: str, superstructures: str = "off") -> list[RoofSample]:
+    """SolarNet+ ``SPLIT/images/X.png`` + ``SPLIT/masks/X.png`` (3-channel masks).
+
+    The superstructure channel counts as a label only with ``superstructures="inferred"`` (its
+    class order is not published: :data:`roofseg.data.dataset.SOLARNET_SUPERSTRUCTURES_INFERRED`).
+    """
+    if superstructures not in ("off", "inferred"):
+        raise DataError(f"--solarnet-superstructures: expected off or inferred, got {superstructures!r}")
     out = []
     for folder in _split_folders(root, split):
         for img in _images(folder / "images"):
             mask = folder / "masks" / f"{img.stem}.png"
             if mask.is_file():
-                out.append(RoofSample(img.stem, "solarnet", img, outline=mask, superstructures=mask, segments=mask))
+                out.append(RoofSample(img.stem, "solarnet", img, outline=mask, segments=mask,
+                                      superstructures=mask if superstructures == "inferred" else None))
     return out
 
 
@@ -188,7 +219,8 @@ def airs_samples(root: Path, split: str, val_fraction: float, test_fraction: flo
 
 def find_samples(data: str | Path, split: str, task: str, *, sectors: int = 16, val_fraction: float = 0.2,
                  test_fraction: float = 0.0, seed: int = 0, lines_limit: int | None = None,
-                 sources: tuple[str, ...] | None = None) -> list[RoofSample]:
+                 sources: tuple[str, ...] | None = None, roof_label: str = "segments",
+                 solarnet_superstructures: str = "off") -> list[RoofSample]:
     """Samples of ``split`` under ``data`` that carry the label ``task`` needs (all for ``multi``).
 
     Args:
@@ -199,6 +231,8 @@ def find_samples(data: str | Path, split: str, task: str, *, sectors: int = 16, 
         val_fraction, test_fraction, seed: the seeded split of RID and flat AIRS folders.
         lines_limit: at most this many roof-line crops per split folder.
         sources: restrict to these sources (default: all found).
+        roof_label: RID roof label, see :data:`ROOF_LABELS`.
+        solarnet_superstructures: ``off`` or ``inferred`` (see :func:`solarnet_samples`).
 
     Raises:
         DataError: nothing found, or no sample of ``split`` carries the task's label.
@@ -211,9 +245,9 @@ def find_samples(data: str | Path, split: str, task: str, *, sectors: int = 16, 
     samples: list[RoofSample] = []
     for name, root in found.items():
         if name == "rid":
-            samples += rid_samples(root, split, val_fraction, test_fraction, seed)
+            samples += rid_samples(root, split, val_fraction, test_fraction, seed, roof_label)
         elif name == "solarnet":
-            samples += solarnet_samples(root, split)
+            samples += solarnet_samples(root, split, solarnet_superstructures)
         elif name == "roof_lines":
             samples += lines_samples(root, split, lines_limit)
         elif name == "airs":
