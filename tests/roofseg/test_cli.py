@@ -30,11 +30,13 @@ def outline_run(tmp_path_factory, rid_root):
 
 
 def test_train_writes_the_run_directory(outline_run, capsys):
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "split.json", "checkpoints/last.pt",
                  "checkpoints/best_val_outline_iou.pt", "val_examples.png"):
         assert (outline_run / name).is_file(), name
     summary = json.loads((outline_run / "summary.json").read_text())
-    assert summary["task"] == "outlines" and summary["data"]["train"] == 16 and summary["data"]["val"] == 4
+    # 20 sample tiles in 18 groups of overlapping footprints: 12 train, 4 val (selects), 4 test (reported)
+    assert summary["task"] == "outlines" and summary["data"]["train"] == 12 and summary["data"]["val"] == 4
+    assert summary["data"]["test"] == 4 and 0.0 <= summary["test"]["outline_iou"] <= 1.0
     assert 0.0 <= summary["best"]["val_outline_iou"]["value"] <= 1.0
 
 

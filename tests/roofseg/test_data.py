@@ -221,7 +221,7 @@ def test_mask_size_differing_from_tile_is_one_line(tmp_path, rid_root, capsys):
 def test_find_samples_rid_split_is_disjoint_and_seeded(rid_root):
     tr = find_samples(rid_root, "train", "outlines")
     va = find_samples(rid_root, "val", "outlines")
-    assert len(tr) == 16 and len(va) == 4
+    assert len(tr) == 12 and len(va) == 4
     assert not {s.name for s in tr} & {s.name for s in va}
     assert [s.name for s in va] == [s.name for s in find_samples(rid_root, "val", "outlines")]
     assert [s.name for s in va] != [s.name for s in find_samples(rid_root, "val", "outlines", seed=1)]

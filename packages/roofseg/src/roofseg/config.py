@@ -51,8 +51,11 @@ class RoofSegConfig(TrainConfig):
                                         "published) or inferred (order read off the sample masks, see README)",
                                         choices=("off", "inferred"))
     sources: str | None = opt(None, "comma list of sources to use: rid, solarnet, roof_lines, airs (default all found)")
-    val_fraction: float = opt(0.2, "validation fraction of RID / flat AIRS folders (seeded split by name)")
-    test_fraction: float = opt(0.0, "test fraction of RID / flat AIRS folders")
+    val_fraction: float = opt(0.2, "validation fraction of RID (whole groups of overlapping footprints) / flat AIRS "
+                              "folders (by name); val selects the best checkpoint")
+    test_fraction: float = opt(0.2, "test fraction (same grouping); the reported figures come from test")
+    rid_split_fold: int = opt(1, "RID's own split files filenames_train_val_test_split/*_filenames_K_rev.txt: "
+                              "which K (used when the folder is present)")
     lines_limit: int | None = opt(None, "use at most this many roof-line crops per split folder")
     max_samples: int | None = opt(None, "use only the first N training (and N validation) samples")
     line_width: int = opt(3, "training line-map width in px")

@@ -57,7 +57,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
                            lines_limit=cfg.get("lines_limit"),
                            sources=tuple(cfg["sources"].split(",")) if cfg.get("sources") else None,
                            roof_label=cfg.get("roof_label", "outlines"),
-                           solarnet_superstructures=cfg.get("solarnet_superstructures", "off"))
+                           solarnet_superstructures=cfg.get("solarnet_superstructures", "off"),
+                           rid_split_fold=int(cfg.get("rid_split_fold", 1)))
     if limit:
         samples = samples[:limit]
     ds = RoofDataset(samples, heads, int(cfg.get("image_size", 512)), train=False, sectors=sectors,

@@ -18,11 +18,14 @@ import torch
 
 import mlcore  # noqa: F401  (allocator environment before torch initialises a device)
 from mlcore import Trainer, make_loader
+from mlcore.checkpoint import load_checkpoint
 from mlcore.cli import train_main
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
+from mlcore.trainer import evaluate_model
 from roofseg.config import RoofSegConfig
 from roofseg.data import DataError, RoofDataset, find_samples
+from roofseg.data.splits import rid_split
 from roofseg.losses import RoofLoss
 from roofseg.metrics import RoofMetrics
 from roofseg.models import RoofNet, load_weights
@@ -67,7 +70,7 @@ def split_samples(cfg: RoofSegConfig, split: str):
     return find_samples(cfg.data, split, cfg.task, sectors=cfg.sectors, val_fraction=cfg.val_fraction,
                         test_fraction=cfg.test_fraction, seed=cfg.seed, lines_limit=cfg.lines_limit,
                         sources=cfg.source_list(), roof_label=cfg.roof_label,
-                        solarnet_superstructures=cfg.solarnet_superstructures)
+                        solarnet_superstructures=cfg.solarnet_superstructures, rid_split_fold=cfg.rid_split_fold)
 
 
 def train(cfg: RoofSegConfig) -> dict[str, Any]:
@@ -82,6 +85,10 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
         log.warning("--solarnet-superstructures inferred: training on SolarNet+'s superstructure channel with a "
                     "class order read off the sample masks (not published by its authors)")
     train_samples, val_samples = split_samples(cfg, "train"), split_samples(cfg, "val")
+    try:
+        test_samples = split_samples(cfg, "test")
+    except DataError:
+        test_samples = []
     if cfg.max_samples:
         train_samples, val_samples = train_samples[: cfg.max_samples], val_samples[: cfg.max_samples]
     log.info("task %s (heads %s), data %s: %d train, %d val samples", cfg.task, ",".join(heads), cfg.data,
@@ -97,6 +104,8 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
     model = build_model(cfg, resume=bool(cfg.resume))
     step = make_step(RoofLoss(cfg.loss_weights(), line_pos_weight=cfg.line_pos_weight))
     trainer = Trainer(model, cfg, step, metrics=[RoofMetrics(heads, cfg.sectors, cfg.tolerance)])
+    if trainer.logger.enabled:
+        write_json_atomic(trainer.run_dir / "split.json", split_record(cfg, train_samples, val_samples, test_samples))
     try:
         summary = trainer.fit(train_loader, val_loader)
     except DataError as exc:
@@ -104,7 +113,11 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
         raise DataError(str(exc).strip().splitlines()[-1].removeprefix("roofseg.data.rid.DataError: ")) from None
     summary["task"] = cfg.task
     summary["data"] = {"root": cfg.data, "train": len(train_samples), "val": len(val_samples),
-                       "sources": sorted({s.source for s in train_samples})}
+                       "test": len(test_samples), "sources": sorted({s.source for s in train_samples})}
+    if test_samples and trainer.logger.enabled:
+        summary["test"] = evaluate_test(cfg, trainer, step, test_samples)
+        log.info("test (%d tiles, %s): %s", len(test_samples), summary["test"]["checkpoint"],
+                 {k: round(v, 4) for k, v in summary["test"].items() if isinstance(v, float)})
     trainer.logger.write_summary(summary)
     model_eval = trainer.ema.module if trainer.ema is not None else trainer.raw_model
     if cfg.examples and trainer.logger.enabled and len(val_ds):
@@ -116,6 +129,37 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
         export_run(trainer.run_dir, Path(cfg.export_dir), cfg.monitor)
     trainer.close()
     return summary
+
+
+def split_record(cfg: RoofSegConfig, train_s, val_s, test_s) -> dict[str, Any]:
+    """``split.json``: ``{"train": [ids], "val": [ids], "test": [ids], ...}``; RID tiles by tile id,
+    other sources as ``source:name``; ``rid_method`` says how RID was split (:mod:`roofseg.data.splits`)."""
+    def ids(samples) -> list[str]:
+        return [s.name if s.source == "rid" else f"{s.source}:{s.name}" for s in samples]
+
+    out: dict[str, Any] = {"train": ids(train_s), "val": ids(val_s), "test": ids(test_s)}
+    rid = next((s.rid_root or s.image.parent.parent for s in [*train_s, *val_s, *test_s] if s.source == "rid"), None)
+    if rid is not None:
+        info = rid_split(rid, cfg.val_fraction, cfg.test_fraction, cfg.seed, cfg.rid_split_fold)
+        out["rid_method"] = info["method"]
+        out["rid_excluded"] = info["excluded"]
+    return out
+
+
+def evaluate_test(cfg: RoofSegConfig, trainer: Trainer, step, test_samples) -> dict[str, Any]:
+    """Metrics of the best checkpoint (selected on val) on the test samples: the reported figures."""
+    ckpt_path = trainer.run_dir / "checkpoints" / f"best_{cfg.monitor}.pt"
+    if not ckpt_path.is_file():
+        ckpt_path = trainer.run_dir / "checkpoints" / "last.pt"
+    model = RoofNet(cfg.heads(), cfg.encoder, None, cfg.sectors)
+    model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+    model = trainer.strategy.prepare_model(model)
+    ds = RoofDataset(test_samples, cfg.heads(), cfg.image_size, train=False, sectors=cfg.sectors,
+                     line_width=cfg.line_width)
+    loader = make_loader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
+    metrics = evaluate_model(model, loader, step, [RoofMetrics(cfg.heads(), cfg.sectors, cfg.tolerance)],
+                             trainer.strategy, desc="test")
+    return {"checkpoint": ckpt_path.name, "n_samples": len(ds), **metrics}
 
 
 def export_run(run_dir: Path, export_dir: Path, monitor: str) -> Path:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roofseg.data.rid import DataError, SegmentRasterizer, find_rid_root, find_rid_tiles
+from roofseg.data.splits import rid_split
 
 SPLITS = ("train", "val", "test", "all")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -146,8 +147,9 @@ def _hash_split(names: list[str], split: str, val_fraction: float, test_fraction
 
 
 def rid_samples(root: Path, split: str, val_fraction: float, test_fraction: float, seed: int,
-                roof_label: str = "segments") -> list[RoofSample]:
-    """RID tiles of ``split`` (seeded split by tile name).
+                roof_label: str = "segments", fold: int = 1) -> list[RoofSample]:
+    """RID tiles of ``split``: RID's own split files (``fold``) where present, else whole groups of
+    overlapping footprints (:func:`roofseg.data.splits.rid_split`).
 
     Raises:
         DataError: ``roof_label="segments"`` without RID's vector labels or segment masks.
@@ -160,11 +162,14 @@ def rid_samples(root: Path, split: str, val_fraction: float, test_fraction: floa
     if roof_label == "segments" and not vector and not any(t.segments_mask for t in tiles):
         raise DataError(f"--roof-label segments: {root} has neither vector_labels/segments_reviewed.csv + "
                         f"image_boundaries.csv nor masks_segments_reviewed/; use --roof-label outlines")
-    idx = _hash_split([t.name for t in tiles], split, val_fraction, test_fraction, seed)
+    if split == "all":
+        keep = {t.name for t in tiles}
+    else:
+        keep = set(rid_split(root, val_fraction, test_fraction, seed, fold)[split])  # type: ignore[arg-type]
     return [RoofSample(t.name, "rid", t.image, outline=t.outline, superstructures=t.superstructures,
                        segments=t.segments_mask, rid_root=root if vector else None, tile=t.name,
                        roof_label=roof_label)
-            for t in (tiles[i] for i in idx)]
+            for t in tiles if t.name in keep]
 
 
 def _split_folders(root: Path, split: str) -> list[Path]:
@@ -218,9 +223,9 @@ def airs_samples(root: Path, split: str, val_fraction: float, test_fraction: flo
 
 
 def find_samples(data: str | Path, split: str, task: str, *, sectors: int = 16, val_fraction: float = 0.2,
-                 test_fraction: float = 0.0, seed: int = 0, lines_limit: int | None = None,
+                 test_fraction: float = 0.2, seed: int = 0, lines_limit: int | None = None,
                  sources: tuple[str, ...] | None = None, roof_label: str = "segments",
-                 solarnet_superstructures: str = "off") -> list[RoofSample]:
+                 solarnet_superstructures: str = "off", rid_split_fold: int = 1) -> list[RoofSample]:
     """Samples of ``split`` under ``data`` that carry the label ``task`` needs (all for ``multi``).
 
     Args:
@@ -228,11 +233,13 @@ def find_samples(data: str | Path, split: str, task: str, *, sectors: int = 16, 
         split: ``train``, ``val``, ``test`` or ``all``.
         task: ``outlines``, ``superstructures``, ``segments``, ``lines`` or ``multi``.
         sectors: segment scheme (SolarNet+ segment labels exist for 4 only).
-        val_fraction, test_fraction, seed: the seeded split of RID and flat AIRS folders.
+        val_fraction, test_fraction, seed: the seeded split of RID (by groups of overlapping
+            footprints, :mod:`roofseg.data.splits`) and flat AIRS folders (by name).
         lines_limit: at most this many roof-line crops per split folder.
         sources: restrict to these sources (default: all found).
         roof_label: RID roof label, see :data:`ROOF_LABELS`.
         solarnet_superstructures: ``off`` or ``inferred`` (see :func:`solarnet_samples`).
+        rid_split_fold: which of RID's split files to use when they are present (1..5).
 
     Raises:
         DataError: nothing found, or no sample of ``split`` carries the task's label.
@@ -245,7 +252,7 @@ def find_samples(data: str | Path, split: str, task: str, *, sectors: int = 16, 
     samples: list[RoofSample] = []
     for name, root in found.items():
         if name == "rid":
-            samples += rid_samples(root, split, val_fraction, test_fraction, seed, roof_label)
+            samples += rid_samples(root, split, val_fraction, test_fraction, seed, roof_label, rid_split_fold)
         elif name == "solarnet":
             samples += solarnet_samples(root, split, solarnet_superstructures)
         elif name == "roof_lines":
