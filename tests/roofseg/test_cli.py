@@ -7,9 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import shapely
 from PIL import Image
 
 from roofseg import agreement as agreement_mod
+from roofseg.data.rid import load_footprints
 from roofseg.datasets import REGISTRY
 from roofseg.datasets import main as data_main
 from roofseg.eval import main as eval_main
@@ -58,9 +60,28 @@ def test_predict_writes_pngs_and_lonlat_geojson(outline_run, rid_root, tmp_path,
     assert raw.shape == (512, 512) and set(np.unique(raw).tolist()) <= {0, 1}  # RID convention: 0 = roof
     gj = json.loads((tmp_path / "1011.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and gj["properties"]["coordinates"] == "lonlat"
-    for f in gj["features"]:
-        lon, lat = f["geometry"]["coordinates"][0][0]
-        assert 11.9 < lon < 12.1 and 48.3 < lat < 48.5  # Wartenberg, Bavaria
+    lon0, lat0, lon1, lat1 = load_footprints(rid_root / "vector_labels" / "image_boundaries.csv")["1011"]
+    assert gj["features"]
+    for f in gj["features"]:  # the bar: every geometry valid, lon/lat inside the tile's footprint
+        g = shapely.geometry.shape(f["geometry"])
+        assert g.is_valid and not g.is_empty
+        x0, y0, x1, y1 = g.bounds
+        assert lon0 - 1e-9 <= x0 <= x1 <= lon1 + 1e-9 and lat0 - 1e-9 <= y0 <= y1 <= lat1 + 1e-9
+    assert (tmp_path / "1011.gpkg").is_file() and (tmp_path / "1011_outline_mask.tif").is_file()
+    import rasterio
+
+    with rasterio.open(tmp_path / "1011_outline_mask.tif") as src:
+        assert src.crs.to_epsg() == 4326 and src.bounds.left == pytest.approx(lon0)
+        assert (src.read(1) == raw).all()
+    # without a footprint: pixel coordinates in NAME.pixels.json, no GeoJSON pretending to be WGS84
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "x.png").write_bytes(tile.read_bytes())
+    assert predict_main([str(lone / "x.png"), "--checkpoint", str(outline_run / "checkpoints/last.pt"), "--out",
+                         str(tmp_path / "o2")]) == 0
+    assert not (tmp_path / "o2" / "x.geojson").exists()
+    px = json.loads((tmp_path / "o2" / "x.pixels.json").read_text())
+    assert px["properties"]["coordinates"] == "pixel"
 
 
 def test_geojson_segments_carry_azimuth_and_lines_are_vectorized():

@@ -1,6 +1,7 @@
 """``roofseg-predict TILE... --checkpoint CKPT --out DIR``: class maps, outlines and lines of tiles.
 
-Per tile ``NAME`` it writes, for the heads the checkpoint has:
+Per tile ``NAME`` it writes, for the heads the checkpoint has (a head whose label no training
+sample carried is not emitted):
 
 - ``NAME_<head>.png``: the tile beside the coloured class map, with a legend (superstructures,
   segments), or the roof overlay (outline), or the drawn roof lines (lines);
@@ -8,13 +9,21 @@ Per tile ``NAME`` it writes, for the heads the checkpoint has:
   (RID ``mask_generation.py``: class ids 0..n-1, background = n): outline 0 = roof, 1 = not roof
   (as ``roof_outlines_reviewed``); superstructures 0..7 RID classes, 8 background; segments 0..K-1
   azimuth sectors, K flat, K+1 background. The lines head writes its three probability maps as an
-  RGB image (inner, eave, junction; 0..255);
-- ``NAME.geojson``: a FeatureCollection with roof-outline polygons (contours simplified with
-  Douglas-Peucker, ``--simplify`` px), segment polygons carrying their azimuth class, roof lines
-  vectorized from the line map (thinning, then probabilistic Hough segment fitting) typed
-  ``inner``/``eave``, and junction points. Coordinates are pixels ``[x, y]`` (y down) or, when
-  the tile's footprint is known (``--footprints image_boundaries.csv``, or a RID root next to
-  the tile), ``[longitude, latitude]`` (EPSG:4326).
+  RGB image (inner, eave, junction; 0..255); plus ``NAME_<head>_mask.tif`` (GeoTIFF, same values,
+  the tile's transform and CRS) when the tile is georeferenced;
+- vectors (:mod:`roofseg.geo`: pixel-edge polygons traced with ``rasterio.features.shapes``,
+  simplified with Douglas-Peucker ``--simplify`` px, made valid): roof outlines, roof segments
+  (azimuth class; with a georeference: ``area_m2``, ``azimuth_deg`` in RID's convention measured
+  in ``--metric-crs``, ``slope_deg`` from RID's ``segments_reviewed.csv`` where a labelled segment
+  overlaps, ``usable_pv_area_m2`` = area minus the predicted superstructures), superstructures,
+  roof lines (thinning + probabilistic Hough, ``inner``/``eave``) and junctions.
+  Georeferenced (a GeoTIFF with a CRS, ``--footprints image_boundaries.csv``, or a RID root next to
+  the tile): ``NAME.geojson`` (RFC 7946, lon/lat) and ``NAME.gpkg`` (GeoPackage, one layer per
+  kind, EPSG:4326). Otherwise ``NAME.pixels.json``: the same features in pixel-edge coordinates
+  (x right, y down), not a GeoJSON file.
+
+Tiles larger than ``--window`` px are predicted by a sliding window (``--overlap``) whose
+probabilities are blended with a separable linear ramp, not by resizing the whole tile.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import shapely
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -37,8 +47,20 @@ from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
 from roofseg.data import DataError, load_rgb
-from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, load_footprints, pixel_to_lonlat, segment_classes
+from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, load_footprints, segment_classes
 from roofseg.data.sources import TASK_HEADS
+from roofseg.geo import (
+    RID_METRIC_CRS,
+    WGS84,
+    GeoRef,
+    best_overlap,
+    mask_polygons,
+    read_geotiff,
+    sector_centre_azimuth,
+    segment_azimuth,
+    valid_polygons,
+    write_geotiff,
+)
 from roofseg.metrics import junction_peaks, thin_lines
 from roofseg.models import RoofNet
 from roofseg.viz import class_map_figure, overlay
@@ -59,39 +81,78 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[RoofNet, di
     return model.to(device).eval(), cfg
 
 
+def _ramp(n: int, ramp: int) -> np.ndarray:
+    """1-D blending weight: rises linearly over ``ramp`` px at both ends, 1 in between (> 0 everywhere)."""
+    i = np.arange(n, dtype=np.float32)
+    r = max(1, ramp)
+    return np.clip(np.minimum(i + 0.5, n - i - 0.5) / r, 1.0 / (2 * r), 1.0)
+
+
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return [*starts, length - window]
+
+
 @torch.inference_mode()
-def predict_tile(model: RoofNet, image: np.ndarray, image_size: int, device: str | torch.device = "cpu",
-                 ) -> dict[str, np.ndarray]:
-    """Probabilities of every head at the tile's resolution.
-
-    Args:
-        image: ``(H, W, 3)`` uint8 RGB.
-        image_size: the model's input side in px.
-
-    Returns:
-        ``{head: (C, H, W) float32}``: softmax for class heads, sigmoid for outline and lines.
-    """
+def _forward(model: torch.nn.Module, image: np.ndarray, image_size: int, out_hw: tuple[int, int],
+             device) -> dict[str, torch.Tensor]:
     x = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
     t = torch.from_numpy(x.transpose(2, 0, 1)).unsqueeze(0).to(device)
     out = {}
     for head, logits in model(t).items():
-        logits = F.interpolate(logits.float(), size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-        act = logits.softmax(0) if head in ("superstructures", "segments") else logits.sigmoid()
-        out[head] = act.cpu().numpy()
+        logits = F.interpolate(logits.float(), size=out_hw, mode="bilinear", align_corners=False)[0]
+        out[head] = logits.softmax(0) if head in ("superstructures", "segments") else logits.sigmoid()
     return out
 
 
-def _contours(mask: np.ndarray, simplify: float) -> list[np.ndarray]:
-    cs, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    out = []
-    for c in cs:
-        if cv2.contourArea(c) < 4:
-            continue
-        a = cv2.approxPolyDP(c, simplify, True)[:, 0, :].astype(np.float64)
-        if len(a) >= 3:
-            out.append(a)
-    return out
+@torch.inference_mode()
+def predict_tile(model: torch.nn.Module, image: np.ndarray, image_size: int, device: str | torch.device = "cpu",
+                 *, window: int | None = None, overlap: float = 0.25) -> dict[str, np.ndarray]:
+    """Probabilities of every head at the tile's resolution.
+
+    A tile no larger than ``window`` px (or any tile when ``window`` is None) is resized to the
+    model's ``image_size`` and the outputs resized back. A larger tile (an orthophoto) is cut into
+    ``window`` x ``window`` crops with ``overlap`` (fraction of the window), each crop resized to
+    ``image_size`` (the same scale as training when ``window`` is the training tiles' side), and
+    the crops' probabilities are blended with a separable linear ramp over the overlap (weights
+    summed and divided out, so no seam and no edge is darker than another).
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        image_size: the model's input side in px.
+        window: crop side in input px (None: whole tile).
+        overlap: in [0, 0.9].
+
+    Returns:
+        ``{head: (C, H, W) float32}``: softmax for class heads, sigmoid for outline and lines.
+
+    Raises:
+        ValueError: ``overlap`` outside [0, 0.9] or ``window`` < 32.
+    """
+    h, w = image.shape[:2]
+    if window is None or max(h, w) <= window:
+        return {k: v.cpu().numpy() for k, v in _forward(model, image, image_size, (h, w), device).items()}
+    if not 0 <= overlap <= 0.9 or window < 32:
+        raise ValueError(f"sliding window: expected --window >= 32 and --overlap in [0, 0.9], got {window}, {overlap}")
+    ph, pw = max(h, window), max(w, window)
+    padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect") if (ph, pw) != (h, w) else image
+    stride = max(1, int(round(window * (1 - overlap))))
+    ramp = max(1, int(round(window * overlap / 2))) if overlap > 0 else window
+    wgt = torch.from_numpy(np.outer(_ramp(window, ramp), _ramp(window, ramp)))
+    acc: dict[str, torch.Tensor] = {}
+    wsum = torch.zeros(ph, pw)
+    for y in _window_starts(ph, window, stride):
+        for x in _window_starts(pw, window, stride):
+            crop = np.ascontiguousarray(padded[y:y + window, x:x + window])
+            for head, prob in _forward(model, crop, image_size, (window, window), device).items():
+                if head not in acc:
+                    acc[head] = torch.zeros(prob.shape[0], ph, pw)
+                acc[head][:, y:y + window, x:x + window] += prob.cpu() * wgt
+            wsum[y:y + window, x:x + window] += wgt
+    return {k: (v / wsum)[:, :h, :w].numpy() for k, v in acc.items()}
 
 
 def vectorize_lines(line_prob: np.ndarray, threshold: float = 0.5, min_length: int = 6) -> np.ndarray:
@@ -102,76 +163,158 @@ def vectorize_lines(line_prob: np.ndarray, threshold: float = 0.5, min_length: i
         line_prob: ``(H, W)`` float in [0, 1].
 
     Returns:
-        ``(S, 2, 2)`` float64 ``[[x0, y0], [x1, y1]]`` pixel segments.
+        ``(S, 2, 2)`` float64 ``[[x0, y0], [x1, y1]]`` segments in pixel-edge coordinates
+        (the centres of the skeleton pixels, ``index + 0.5``).
     """
     skel = thin_lines(line_prob, threshold).astype(np.uint8) * 255
     lines = cv2.HoughLinesP(skel, 1, np.pi / 180, threshold=max(3, min_length // 2), minLineLength=min_length,
                             maxLineGap=3)
     if lines is None:
         return np.zeros((0, 2, 2))
-    return lines.reshape(-1, 2, 2).astype(np.float64)
+    return lines.reshape(-1, 2, 2).astype(np.float64) + 0.5
 
 
-def to_geojson(probs: dict[str, np.ndarray], sectors: int, *, simplify: float = 1.5,
-               footprint: tuple[float, float, float, float] | None = None) -> dict[str, Any]:
-    """A GeoJSON FeatureCollection of outlines, segments, lines and junctions (see the module doc)."""
+def vector_features(probs: dict[str, np.ndarray], sectors: int, *, simplify: float = 1.5,
+                    georef: GeoRef | None = None, metric_crs: str = RID_METRIC_CRS,
+                    rid_segments: list | None = None) -> list[tuple[str, Any, dict[str, Any]]]:
+    """``[(kind, pixel-edge geometry, properties)]`` of every head in ``probs`` (see the module doc).
+
+    With ``georef``, roof segments get ``area_m2``, ``azimuth_deg`` (RID convention: south 0, west
+    +90, east -90, north 180; :func:`roofseg.geo.segment_azimuth` in ``metric_crs``),
+    ``usable_pv_area_m2`` (segment minus the predicted superstructure polygons; None without a
+    superstructure head) and ``slope_deg`` from the best-overlapping RID label in ``rid_segments``
+    (``SegmentLabel`` list, lon/lat), else None.
+    """
     h, w = next(iter(probs.values())).shape[1:]
-
-    def coords(xy: np.ndarray) -> list[list[float]]:
-        xy = np.asarray(xy, dtype=np.float64)
-        if footprint is not None:
-            lon, lat = pixel_to_lonlat(xy[:, 0], xy[:, 1], footprint, (h, w))
-            xy = np.stack([lon, lat], 1)
-        return [[float(a), float(b)] for a, b in xy]
-
-    def ring(a: np.ndarray) -> list[list[float]]:
-        c = coords(a)
-        return c + [c[0]]
-
-    feats: list[dict[str, Any]] = []
+    feats: list[tuple[str, Any, dict[str, Any]]] = []
     if "outline" in probs:
-        for a in _contours(probs["outline"][0] >= 0.5, simplify):
-            feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(a)]},
-                          "properties": {"kind": "roof_outline"}})
+        for poly in mask_polygons(probs["outline"][0] >= 0.5, simplify):
+            feats.append(("roof_outline", poly, {"kind": "roof_outline"}))
+    sup_union = None
+    if "superstructures" in probs:
+        cmap = probs["superstructures"].argmax(0)
+        sup_polys = []
+        for k, name in enumerate(SUPERSTRUCTURE_CLASSES[:-1]):
+            for poly in mask_polygons(cmap == k, simplify, min_area=1.0):
+                feats.append(("superstructure", poly, {"kind": "superstructure", "class": name}))
+                sup_polys.append(poly)
+        sup_union = shapely.union_all(sup_polys) if sup_polys else shapely.Polygon()
     if "segments" in probs:
         names = segment_classes(sectors)
         cmap = probs["segments"].argmax(0)
+        tree = None
+        if rid_segments:
+            from shapely.strtree import STRtree
+            tree = STRtree([s.polygon for s in rid_segments])
         for k, name in enumerate(names[:-1]):
-            for a in _contours(cmap == k, simplify):
-                feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(a)]},
-                              "properties": {"kind": "roof_segment", "azimuth_class": name, "class_index": k}})
-    if "superstructures" in probs:
-        cmap = probs["superstructures"].argmax(0)
-        for k, name in enumerate(SUPERSTRUCTURE_CLASSES[:-1]):
-            for a in _contours(cmap == k, simplify):
-                feats.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring(a)]},
-                              "properties": {"kind": "superstructure", "class": name}})
+            for poly in mask_polygons(cmap == k, simplify):
+                props: dict[str, Any] = {"kind": "roof_segment", "azimuth_class": name, "class_index": k}
+                if georef is not None:
+                    metric = georef.to_metric(poly, metric_crs)
+                    props["area_m2"] = round(float(metric.area), 3)
+                    props["azimuth_deg"] = (None if name == "flat" else
+                                            round(segment_azimuth(metric, sector_centre_azimuth(k, sectors)), 2))
+                    usable = None
+                    if sup_union is not None:
+                        usable = round(float(georef.to_metric(poly.difference(sup_union), metric_crs).area), 3)
+                    props["usable_pv_area_m2"] = usable
+                    slope = None
+                    if rid_segments:
+                        i = best_overlap(georef.to_lonlat(poly), [s.polygon for s in rid_segments], tree)
+                        slope = rid_segments[i].slope if i is not None else None
+                    props["slope_deg"] = slope
+                    props["slope_source"] = "rid segments_reviewed.csv" if slope is not None else None
+                feats.append(("roof_segment", poly, props))
     if "lines" in probs:
         inner, eave, junc = probs["lines"]
         for seg in vectorize_lines(np.maximum(inner, eave)):
             n = max(2, int(np.hypot(*(seg[1] - seg[0]))))
-            xs = np.clip(np.linspace(seg[0, 0], seg[1, 0], n).round().astype(int), 0, w - 1)
-            ys = np.clip(np.linspace(seg[0, 1], seg[1, 1], n).round().astype(int), 0, h - 1)
+            xs = np.clip(np.linspace(seg[0, 0], seg[1, 0], n).astype(int), 0, w - 1)
+            ys = np.clip(np.linspace(seg[0, 1], seg[1, 1], n).astype(int), 0, h - 1)
             kind = "eave" if eave[ys, xs].mean() > inner[ys, xs].mean() else "inner"
-            feats.append({"type": "Feature", "geometry": {"type": "LineString", "coordinates": coords(seg)},
-                          "properties": {"kind": "roof_line", "line_type": kind}})
+            feats.append(("roof_line", shapely.LineString(seg), {"kind": "roof_line", "line_type": kind}))
         peaks = junction_peaks(torch.from_numpy(junc)[None])[0].numpy()
         ys, xs = np.nonzero(peaks)
         for x, y in zip(xs, ys, strict=True):
-            feats.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": coords(np.array([[x, y]]))[0]},
-                          "properties": {"kind": "junction"}})
-    return {"type": "FeatureCollection", "features": feats,
-            "properties": {"coordinates": "lonlat" if footprint is not None else "pixel", "height": h, "width": w}}
+            feats.append(("junction", shapely.Point(x + 0.5, y + 0.5), {"kind": "junction"}))
+    return feats
 
 
-def _find_footprint(tile: Path, footprints: dict[str, tuple] | None) -> tuple | None:
+def to_geojson(probs: dict[str, np.ndarray], sectors: int, *, simplify: float = 1.5, georef: GeoRef | None = None,
+               metric_crs: str = RID_METRIC_CRS, rid_segments: list | None = None,
+               features: list | None = None) -> dict[str, Any]:
+    """A FeatureCollection of :func:`vector_features`: RFC 7946 lon/lat with ``georef`` (valid
+    geometries, counter-clockwise exteriors), else pixel-edge coordinates (``properties.coordinates``
+    = ``pixel``; written as ``NAME.pixels.json``, not as GeoJSON)."""
+    h, w = next(iter(probs.values())).shape[1:]
+    if features is None:
+        features = vector_features(probs, sectors, simplify=simplify, georef=georef, metric_crs=metric_crs,
+                                   rid_segments=rid_segments)
+    out = []
+    for _, geom, props in features:
+        if georef is not None:
+            geom = georef.to_lonlat(geom)
+            if geom.geom_type in ("Polygon", "MultiPolygon"):
+                parts = valid_polygons(geom)
+                if not parts:
+                    continue
+                geom = parts[0] if len(parts) == 1 else shapely.MultiPolygon(parts)
+        out.append({"type": "Feature", "geometry": shapely.geometry.mapping(geom), "properties": props})
+    meta: dict[str, Any] = {"coordinates": "lonlat" if georef is not None else "pixel", "height": h, "width": w}
+    if georef is not None:
+        meta["metric_crs"] = metric_crs
+    else:
+        meta["pixel_convention"] = "pixel edges: pixel (col, row) spans [col, col+1] x [row, row+1]; y down"
+    return {"type": "FeatureCollection", "features": out, "properties": meta}
+
+
+def write_geopackage(path: Path, features: list[tuple[str, Any, dict[str, Any]]], georef: GeoRef) -> Path:
+    """One GeoPackage layer per feature kind (EPSG:4326, valid geometries), via pyogrio."""
+    from pyogrio.raw import write
+
+    path.unlink(missing_ok=True)
+    by_kind: dict[str, list[tuple[Any, dict[str, Any]]]] = {}
+    for kind, geom, props in features:
+        g = georef.to_lonlat(geom)
+        if g.geom_type in ("Polygon", "MultiPolygon"):
+            parts = valid_polygons(g)
+            if not parts:
+                continue
+            g = shapely.MultiPolygon(parts)
+        by_kind.setdefault(kind, []).append((g, props))
+    gtypes = {"roof_outline": "MultiPolygon", "roof_segment": "MultiPolygon", "superstructure": "MultiPolygon",
+              "roof_line": "LineString", "junction": "Point"}
+    for kind, rows in by_kind.items():
+        keys = [k for k in rows[0][1] if k != "kind"]
+        fields, data = [], []
+        for k in keys:
+            vals = [r[1].get(k) for r in rows]
+            if all(isinstance(v, (int, float)) or v is None for v in vals) and any(v is not None for v in vals):
+                data.append(np.array([np.nan if v is None else float(v) for v in vals]))
+            else:
+                data.append(np.array(["" if v is None else str(v) for v in vals], dtype=object))
+            fields.append(k)
+        write(str(path), np.array([shapely.to_wkb(r[0]) for r in rows], dtype=object), data, fields, layer=kind,
+              driver="GPKG", geometry_type=gtypes[kind], crs=WGS84, append=path.exists())
+    return path
+
+
+def _georef(tile: Path, image_hw: tuple[int, int], tiff_ref: GeoRef | None, footprints: dict | None,
+            footprints_path: Path | None) -> tuple[GeoRef | None, Path | None]:
+    """The tile's georeference (its GeoTIFF's, else its RID footprint) and the folder that holds
+    RID's ``segments_reviewed.csv`` (for slopes), if any."""
     if footprints is not None:
-        return footprints.get(tile.stem)
+        bounds = footprints.get(tile.stem)
+        seg_dir = footprints_path.parent if footprints_path is not None else None
+        ref = GeoRef.from_lonlat_bounds(bounds, image_hw) if bounds is not None else None
+        return (tiff_ref or ref), seg_dir
     for root in (tile.parent.parent, tile.parent):
         f = root / "vector_labels" / "image_boundaries.csv"
         if f.is_file():
-            return load_footprints(f).get(tile.stem)
-    return None
+            bounds = load_footprints(f).get(tile.stem)
+            ref = GeoRef.from_lonlat_bounds(bounds, image_hw) if bounds is not None else None
+            return (tiff_ref or ref), f.parent
+    return tiff_ref, None
 
 
 def figures(image: np.ndarray, probs: dict[str, np.ndarray], sectors: int) -> dict[str, tuple[Image.Image, np.ndarray]]:
@@ -224,41 +367,90 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``roofseg-predict`` (0 ok, 2 bad flags, 1 unreadable tile or checkpoint)."""
     p = ArgumentParser(prog="roofseg-predict", description=__doc__.splitlines()[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("tiles", nargs="+", metavar="TILE", help="aerial tile images")
+    p.add_argument("tiles", nargs="+", metavar="TILE", help="aerial tiles: PNG/JPEG, or GeoTIFF (its transform "
+                   "and CRS georeference the outputs)")
     p.add_argument("--checkpoint", required=True, help="roofseg-train checkpoint (best_*.pt or last.pt)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--footprints", default=None, help="image_boundaries.csv (id, lon-first WKT polygon) for lon/lat output")
+    p.add_argument("--footprints", default=None, help="image_boundaries.csv (id, lon-first WKT polygon) for lon/lat "
+                   "output; default: a RID root's vector_labels/ next to the tile")
     p.add_argument("--simplify", type=float, default=1.5, help="polygon simplification tolerance in px")
+    p.add_argument("--window", type=int, default=512, help="sliding-window side in input px for tiles larger than "
+                   "this (the training tiles' native side: RID 512); smaller tiles are predicted whole")
+    p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, fraction of --window")
+    p.add_argument("--metric-crs", default=RID_METRIC_CRS, help="metric CRS for areas (m2) and azimuths")
     p.add_argument("--device", default="cpu")
 
     def run() -> int:
         args = p.parse_args(argv)
         if args.simplify < 0:
             raise ConfigError(f"--simplify must be >= 0 (got {args.simplify})")
+        if args.window < 32 or not 0 <= args.overlap <= 0.9:
+            raise ConfigError(f"--window must be >= 32 and --overlap in [0, 0.9] (got {args.window}, {args.overlap})")
+        try:
+            from pyproj import CRS
+
+            CRS.from_user_input(args.metric_crs)
+        except Exception:  # pyproj.exceptions.CRSError
+            raise ConfigError(f"--metric-crs {args.metric_crs}: not a CRS pyproj knows (e.g. EPSG:25832)") from None
         for t in args.tiles:
             if not Path(t).is_file():
                 raise ConfigError(f"TILE {t}: file not found")
         model, cfg = load_model(args.checkpoint, args.device)
         sectors, size = int(cfg.get("sectors", 16)), int(cfg.get("image_size", 512))
-        footprints = load_footprints(args.footprints) if args.footprints else None
+        fp_path = Path(args.footprints) if args.footprints else None
+        footprints = load_footprints(fp_path) if fp_path else None
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for t in args.tiles:
             tile = Path(t)
-            image = load_rgb(tile)
-            probs = predict_tile(model, image, size, args.device)
+            tiff_ref = None
+            if tile.suffix.lower() in (".tif", ".tiff"):
+                try:
+                    image, tiff_ref = read_geotiff(tile)
+                except OSError as exc:
+                    raise DataError(f"{tile}: cannot read GeoTIFF ({exc})") from None
+            else:
+                image = load_rgb(tile)
+            probs = predict_tile(model, image, size, args.device, window=args.window, overlap=args.overlap)
+            georef, seg_dir = _georef(tile, image.shape[:2], tiff_ref, footprints, fp_path)
             for head, (fig, raw) in figures(image, probs, sectors).items():
                 fig.save(out / f"{tile.stem}_{head}.png")
                 Image.fromarray(raw).save(out / f"{tile.stem}_{head}_mask.png")
-            gj = to_geojson(probs, sectors, simplify=args.simplify, footprint=_find_footprint(tile, footprints))
-            (out / f"{tile.stem}.geojson").write_text(json.dumps(gj))
-            written.append({"tile": str(tile), "geojson": str(out / f"{tile.stem}.geojson"),
-                            "features": len(gj["features"]), "coordinates": gj["properties"]["coordinates"]})
+                if georef is not None:
+                    write_geotiff(out / f"{tile.stem}_{head}_mask.tif",
+                                  raw.transpose(2, 0, 1) if raw.ndim == 3 else raw, georef)
+            rid_segments = None
+            if georef is not None and seg_dir is not None and (seg_dir / "segments_reviewed.csv").is_file():
+                rid_segments = _rid_segments_near(seg_dir / "segments_reviewed.csv", georef, image.shape[:2])
+            feats = vector_features(probs, sectors, simplify=args.simplify, georef=georef,
+                                    metric_crs=args.metric_crs, rid_segments=rid_segments)
+            gj = to_geojson(probs, sectors, georef=georef, metric_crs=args.metric_crs, features=feats)
+            entry: dict[str, Any] = {"tile": str(tile), "features": len(gj["features"]),
+                                     "coordinates": gj["properties"]["coordinates"]}
+            if georef is not None:
+                (out / f"{tile.stem}.geojson").write_text(json.dumps(gj))
+                entry["geojson"] = str(out / f"{tile.stem}.geojson")
+                if feats:
+                    entry["gpkg"] = str(write_geopackage(out / f"{tile.stem}.gpkg", feats, georef))
+            else:
+                (out / f"{tile.stem}.pixels.json").write_text(json.dumps(gj))
+                entry["pixels_json"] = str(out / f"{tile.stem}.pixels.json")
+            written.append(entry)
         print(json.dumps({"checkpoint": str(args.checkpoint), "task": cfg["task"], "tiles": written}))
         return 0
 
     return run_cli(run, prog="roofseg-predict", user_errors=(DataError, ValueError))
+
+
+def _rid_segments_near(csv_path: Path, georef: GeoRef, hw: tuple[int, int]) -> list:
+    """RID's labelled segments (lon/lat) that intersect the tile."""
+    from roofseg.data.rid import _segments_cached
+
+    segments, tree = _segments_cached(str(csv_path.parent.parent if csv_path.parent.name == "vector_labels"
+                                          else csv_path.parent))
+    box = shapely.box(*georef.lonlat_bounds(hw))
+    return [segments[i] for i in sorted(tree.query(box, predicate="intersects"))]
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import shapely
 import shapely.wkt
@@ -241,9 +240,10 @@ def rasterize_segments(segments: Sequence[SegmentLabel], bounds: tuple[float, fl
                        size: tuple[int, int], sectors: int, tree: STRtree | None = None) -> np.ndarray:
     """Roof-segment class mask of one tile.
 
-    Every segment intersecting the footprint is filled (``cv2.fillPoly``, holes cleared) with its
-    azimuth class (:func:`azimuth_to_class`); the rest is background. Larger segments are drawn
-    first so small ones lying on top stay visible.
+    Every segment intersecting the footprint is burnt with its azimuth class
+    (:func:`azimuth_to_class`) by ``rasterio.features.rasterize`` on the footprint's pixel-edge grid
+    (a pixel takes a polygon's class when its centre is inside; holes stay background); the rest is
+    background. Larger segments are drawn first so small ones lying on top stay visible.
 
     Args:
         segments: labels in (lon, lat), from :func:`load_segment_polygons`.
@@ -255,8 +255,8 @@ def rasterize_segments(segments: Sequence[SegmentLabel], bounds: tuple[float, fl
     Returns:
         ``(H, W)`` uint8: 0..sectors-1 azimuth sectors, ``sectors`` flat, ``sectors + 1`` background.
     """
-    h, w = size
-    mask = np.full((h, w), sectors + 1, dtype=np.uint8)
+    from roofseg.geo import GeoRef, rasterize_polygons
+
     box = shapely.box(*bounds)
     if tree is not None:
         idx = tree.query(box, predicate="intersects")
@@ -264,23 +264,9 @@ def rasterize_segments(segments: Sequence[SegmentLabel], bounds: tuple[float, fl
     else:
         chosen = [s for s in segments if s.polygon.intersects(box)]
     chosen.sort(key=lambda s: -s.polygon.area)
-    for seg in chosen:
-        cls = azimuth_to_class(seg.azimuth, sectors)
-        polys = seg.polygon.geoms if isinstance(seg.polygon, MultiPolygon) else [seg.polygon]
-        for poly in polys:
-            ext = _ring_px(poly.exterior.coords, bounds, size)
-            layer = np.zeros((h, w), np.uint8)
-            cv2.fillPoly(layer, [ext], 1)
-            for hole in poly.interiors:
-                cv2.fillPoly(layer, [_ring_px(hole.coords, bounds, size)], 0)
-            mask[layer > 0] = cls
-    return mask
-
-
-def _ring_px(coords, bounds, size) -> np.ndarray:
-    arr = np.asarray(coords, dtype=np.float64)[:, :2]
-    x, y = lonlat_to_pixel(arr[:, 0], arr[:, 1], bounds, size)
-    return np.round(np.stack([x, y], axis=1)).astype(np.int32)
+    transform = GeoRef.from_lonlat_bounds(bounds, size).transform
+    return rasterize_polygons(((s.polygon, azimuth_to_class(s.azimuth, sectors)) for s in chosen), size,
+                              sectors + 1, transform)
 
 
 class SegmentRasterizer:
