@@ -197,3 +197,39 @@ def test_corrupt_tile_stops_with_one_line_naming_it(tmp_path, capsys):
                        *TINY[:7], "1", *TINY[8:]])  # one loader worker: the error crosses a process
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and "t1.png" in err[-1] and err[-1].startswith("roofseg-train: error:")
+
+
+def test_weights_loads_matching_tensors_across_tasks(outline_run, rid_root, tmp_path, capsys):
+    """--weights from an outline run into a superstructure model: encoder and decoder load, the
+    outline head is listed as skipped; a file with nothing matching or zero bytes is one line."""
+    out = tmp_path / "sup"
+    assert train_main(["--data", str(rid_root), "--task", "superstructures", "--out", str(out), "--weights",
+                       str(outline_run / "checkpoints/last.pt"), "--max-steps", "1", *TINY]) == 0
+    rep = json.loads((out / "summary.json").read_text())["weights"]
+    assert rep["loaded"] > 100 and any(s.startswith("heads.outline.") for s in rep["skipped"])
+    assert all(k.startswith("heads.superstructures.") for k in rep["not_initialised"])
+    import torch
+
+    torch.save({"model": {"foo.weight": torch.zeros(3)}}, tmp_path / "other.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for bad in ("other.pt", "empty.pt"):
+        capsys.readouterr()
+        assert train_main(["--data", str(rid_root), "--out", str(tmp_path / "r"), "--weights", str(tmp_path / bad),
+                           *TINY]) == 1
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.strip().splitlines() if " INFO " not in ln and " WARNING " not in ln]
+        assert len(lines) == 1 and bad in lines[0] and "Traceback" not in err
+
+
+def test_untrained_heads_are_not_emitted(rid_root, tmp_path):
+    """A multi-task model trained on RID alone has no roof-line labels: predict writes no lines."""
+    out = tmp_path / "multi"
+    assert train_main(["--data", str(rid_root), "--task", "multi", "--sectors", "4", "--out", str(out),
+                       "--max-steps", "1", *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert "lines" not in summary["trained_heads"] and "outline" in summary["trained_heads"]
+    assert predict_main([str(rid_root / "images" / "1011.png"), "--checkpoint", str(out / "checkpoints/last.pt"),
+                         "--out", str(tmp_path / "p")]) == 0
+    assert not (tmp_path / "p" / "1011_lines.png").exists() and (tmp_path / "p" / "1011_segments.png").exists()
+    kinds = {f["properties"]["kind"] for f in json.loads((tmp_path / "p" / "1011.geojson").read_text())["features"]}
+    assert not kinds & {"roof_line", "junction"}

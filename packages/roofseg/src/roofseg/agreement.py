@@ -58,8 +58,9 @@ def _iu(a: np.ndarray, b: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return inter, conf.sum(0) + conf.sum(1) - inter
 
 
-def agreement(root: str | Path, kind: str = "superstructures") -> dict[str, Any]:
-    """Per-class agreement (see the module docstring) of ``kind`` = ``superstructures`` or ``outlines``.
+def agreement(root: str | Path, kind: str = "superstructures", tiles: Sequence[str] | None = None) -> dict[str, Any]:
+    """Per-class agreement (see the module docstring) of ``kind`` = ``superstructures`` or ``outlines``,
+    over the annotation-experiment tiles in ``tiles`` (default all).
 
     Returns:
         ``{"kind", "classes", "tiles", "labelers", "pairwise": {class: {"mean", "min", "max"}},
@@ -74,6 +75,8 @@ def agreement(root: str | Path, kind: str = "superstructures") -> dict[str, Any]
         raise DataError(f"--data {root}: no RID root (images/ + masks_superstructures_reviewed/)")
     folder = "masks_superstructures" if kind == "superstructures" else "roof_outlines"
     exp = annotation_experiment(rid, folder)
+    if tiles is not None:
+        exp = {k: v for k, v in exp.items() if k in set(tiles)}
     if not exp:
         raise DataError(f"{rid}: no annotation_experiment/{folder}/ID_labelerK.png masks")
     names = SUPERSTRUCTURE_CLASSES if kind == "superstructures" else OUTLINE_CLASSES

