@@ -208,6 +208,8 @@ def test_weights_loads_matching_tensors_across_tasks(outline_run, rid_root, tmp_
     rep = json.loads((out / "summary.json").read_text())["weights"]
     assert rep["loaded"] > 100 and any(s.startswith("heads.outline.") for s in rep["skipped"])
     assert all(k.startswith("heads.superstructures.") for k in rep["not_initialised"])
+    test = json.loads((out / "summary.json").read_text())["test"]  # per-class IoU beside the annotators, on test
+    assert test["agreement"]["tiles"] and test["agreement"]["classes"]["pvmodule"]["labelers"] is not None
     import torch
 
     torch.save({"model": {"foo.weight": torch.zeros(3)}}, tmp_path / "other.pt")

@@ -270,3 +270,25 @@ def test_multi_dataset_masks_missing_labels(mldata_root):
     assert rid_item["has_segments"] and not rid_item["has_lines"]
     assert rid_item["image"].shape == (3, 64, 64) and rid_item["segments"].max() <= 5
     assert math.isfinite(float(rid_item["image"].mean()))
+
+
+def test_superstructure_crops_are_class_balanced(rid_root):
+    """With --superstructure-crops 1, every training crop holds a superstructure pixel."""
+    import random
+
+    samples = [s for s in find_samples(rid_root, "all", "superstructures") if s.name in ("1011", "1063", "1145")]
+    ds = RoofDataset(samples, ("superstructures",), 64, train=True, crop_size=96, superstructure_crops=1.0)
+    random.seed(0)
+    for i in range(9):
+        item = ds[i % 3]
+        assert item["image"].shape == (3, 64, 64) and item["superstructures"].shape == (64, 64)
+        assert (item["superstructures"] < 8).any()
+
+
+def test_auto_class_weights_favour_rare_classes(rid_root):
+    from roofseg.config import eval_image_size
+    from roofseg.train import superstructure_class_weights
+
+    w = superstructure_class_weights(find_samples(rid_root, "train", "superstructures"))
+    assert len(w) == 9 and w[8] == min(w) and w[8] < 1 < max(w) <= 10
+    assert eval_image_size(256, 256) == 512 and eval_image_size(256, None) == 256

@@ -129,3 +129,35 @@ def test_heads_without_labelled_samples_report_nothing():
               "lines_thin": torch.zeros(1, 2, 8, 8, dtype=torch.uint8), "has_lines": torch.tensor([False])})
     out = m.compute()
     assert "outline_iou" in out and not any(k.startswith(("line_", "junction_")) for k in out)
+
+
+def test_class_map_loss_weighted_ce_and_focal_closed_forms():
+    from roofseg.losses import ClassMapLoss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 9, 8, 8, generator=g)
+    target = torch.randint(0, 9, (2, 8, 8), generator=g)
+    target[0, 0, :4] = IGNORE_INDEX
+    w = torch.linspace(0.5, 3.0, 9)
+    ce = ClassMapLoss(dice_weight=0.0, class_weights=w)(logits, target)
+    assert ce.item() == pytest.approx(F.cross_entropy(logits, target, weight=w, ignore_index=IGNORE_INDEX).item(),
+                                      rel=1e-5)
+    focal = ClassMapLoss(dice_weight=0.0, focal_gamma=2.0)(logits, target)
+    nll = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
+    valid = target != IGNORE_INDEX
+    ref = ((1 - torch.exp(-nll)) ** 2 * nll)[valid].mean()
+    assert focal.item() == pytest.approx(ref.item(), rel=1e-5)
+
+
+def test_dice_over_present_classes_ignores_absent_ones():
+    from roofseg.losses import soft_dice_present
+
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, :2] = 2  # classes 0 and 2 present
+    perfect = torch.full((1, 5, 4, 4), -20.0)
+    perfect.scatter_(1, target[:, None], 20.0)
+    assert soft_dice_present(perfect, target).item() == pytest.approx(0.0, abs=1e-3)
+    other = perfect.clone()
+    other[:, 4] = 5.0  # an absent class gets some probability: the loss rises only through the present ones
+    a = soft_dice_present(other, target).item()
+    assert 0 < a < 1

@@ -25,6 +25,13 @@ MONITORS: dict[str, tuple[str, str]] = {
 """Default monitored metric of each task (``--monitor auto``)."""
 
 
+def eval_image_size(image_size: int, crop_size: int | None, tile_side: int = 512) -> int:
+    """See :meth:`RoofSegConfig.eval_image_size`."""
+    if not crop_size:
+        return int(image_size)
+    return max(32, int(round(tile_side * image_size / crop_size / 32)) * 32)
+
+
 @dataclass
 class RoofSegConfig(TrainConfig):
     """All ``roofseg-train`` options (see ``roofseg-train --help``)."""
@@ -68,6 +75,15 @@ class RoofSegConfig(TrainConfig):
     monitor: str = opt("auto", "metric for early stopping and the best checkpoint (auto: per task)")
     monitor_mode: str = opt("auto", "whether the monitored metric should go up or down", choices=("auto", "min", "max"))
     examples: int = opt(4, "validation examples written to <out>/val_examples.png")
+    crop_size: int | None = opt(None, "train on random crops of this many native px, each resized to --image-size "
+                                "(higher resolution for small superstructures); val/test tiles are resized by the "
+                                "same factor (RID's 512 px tiles to 512 * image_size / crop_size)")
+    superstructure_crops: float = opt(0.0, "fraction of training crops centred on a superstructure pixel of a class "
+                                      "drawn uniformly from those in the tile (class-balanced; needs --crop-size)")
+    sup_class_weights: str = opt("none", "superstructure CE/focal class weights: none, auto (inverse square root of "
+                                 "the training pixel frequency / its median, clipped to [0.1, 10]; the numbers are "
+                                 "written back to config.yaml) or 9 comma-separated numbers in RID order")
+    sup_focal_gamma: float = opt(0.0, "focal-loss gamma of the superstructure head (0 = plain cross-entropy)")
     trained_heads: str | None = opt(None, "written by roofseg-train (a given value is replaced): the heads with at "
                                     "least one labelled training sample; roofseg-predict emits only these")
     export_dir: str | None = opt(None, "also copy the best checkpoint, config and summary here "
@@ -99,9 +115,36 @@ class RoofSegConfig(TrainConfig):
         for h in HEADS:
             if getattr(self, f"w_{h}") < 0:
                 raise ConfigError(f"--w-{h} must be >= 0 (got {getattr(self, f'w_{h}')})")
+        if self.crop_size is not None and self.crop_size < 32:
+            raise ConfigError(f"--crop-size must be >= 32 or none (got {self.crop_size})")
+        if not 0 <= self.superstructure_crops <= 1:
+            raise ConfigError(f"--superstructure-crops must be in [0, 1] (got {self.superstructure_crops})")
+        if self.superstructure_crops > 0 and self.crop_size is None:
+            raise ConfigError("--superstructure-crops needs --crop-size")
+        if self.sup_focal_gamma < 0:
+            raise ConfigError(f"--sup-focal-gamma must be >= 0 (got {self.sup_focal_gamma})")
+        if self.sup_class_weights not in ("none", "auto"):
+            try:
+                w = [float(v) for v in self.sup_class_weights.split(",")]
+            except ValueError:
+                w = []
+            if len(w) != 9 or min(w) < 0:
+                raise ConfigError(f"--sup-class-weights: expected none, auto or 9 comma-separated numbers >= 0 "
+                                  f"(got {self.sup_class_weights!r})")
         for s in self.source_list() or ():
             if s not in ("rid", "solarnet", "roof_lines", "airs"):
                 raise ConfigError(f"--sources: unknown source {s!r} (rid, solarnet, roof_lines, airs)")
+
+    def eval_image_size(self) -> int:
+        """Validation/test input side: ``image_size``, or with ``crop_size`` RID's 512 px tile at the
+        training scale (``512 * image_size / crop_size``, rounded to a multiple of 32)."""
+        return eval_image_size(self.image_size, self.crop_size)
+
+    def sup_weights(self) -> list[float] | None:
+        """The superstructure class weights as numbers (None for ``none``; ``auto`` is resolved by training)."""
+        if self.sup_class_weights in ("none", "auto"):
+            return None
+        return [float(v) for v in self.sup_class_weights.split(",")]
 
     def source_list(self) -> tuple[str, ...] | None:
         return tuple(s.strip() for s in self.sources.split(",") if s.strip()) if self.sources else None

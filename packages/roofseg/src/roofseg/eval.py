@@ -25,8 +25,9 @@ from mlcore.devices import build_strategy
 from mlcore.runlog import write_json_atomic
 from mlcore.trainer import evaluate_model
 from roofseg.agreement import agreement, format_table
+from roofseg.config import eval_image_size
 from roofseg.data import DataError, RoofDataset, find_samples
-from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, find_rid_root
+from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, annotation_experiment, find_rid_root
 from roofseg.data.sources import TASK_HEADS
 from roofseg.losses import RoofLoss
 from roofseg.metrics import RoofMetrics
@@ -61,24 +62,34 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
                            rid_split_fold=int(cfg.get("rid_split_fold", 1)))
     if limit:
         samples = samples[:limit]
-    ds = RoofDataset(samples, heads, int(cfg.get("image_size", 512)), train=False, sectors=sectors,
+    ds = RoofDataset(samples, heads, eval_image_size(int(cfg.get("image_size", 512)), cfg.get("crop_size")),
+                     train=False, sectors=sectors,
                      line_width=int(cfg.get("line_width", 3)))
     model = RoofNet(heads, cfg.get("encoder", "efficientnet-lite0"), None, sectors)
     model.load_state_dict(ckpt["model"])
     strategy = build_strategy(device, "fp32")
     model = strategy.prepare_model(model)
     weights = {h: float(cfg.get(f"w_{h}", 1.0)) for h in heads}
-    step = make_step(RoofLoss(weights, line_pos_weight=float(cfg.get("line_pos_weight", 10.0))).to(strategy.device))
+    sw = cfg.get("sup_class_weights") or "none"
+    step = make_step(RoofLoss(weights, line_pos_weight=float(cfg.get("line_pos_weight", 10.0)),
+                              superstructure_class_weights=None if sw in ("none", "auto") else
+                              [float(v) for v in sw.split(",")],
+                              superstructure_focal_gamma=float(cfg.get("sup_focal_gamma", 0.0))).to(strategy.device))
     loader = make_loader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     metrics = evaluate_model(model, loader, step, [RoofMetrics(heads, sectors, int(cfg.get("tolerance", 3)))],
                              strategy, desc="eval")
     result: dict[str, Any] = {"checkpoint": str(checkpoint), "task": task, "split": split,
                               "n_samples": len(ds), **metrics}
     rid = find_rid_root(data)
-    if rid is not None and (rid / "annotation_experiment").is_dir():
-        table: dict[str, Any] = {}
-        if "superstructures" in heads:
-            ag = agreement(rid, "superstructures")
+    split_tiles = [s.name for s in samples if s.source == "rid"]
+    exp_sup = set(annotation_experiment(rid, "masks_superstructures")) & set(split_tiles) if rid else set()
+    exp_out = set(annotation_experiment(rid, "roof_outlines")) & set(split_tiles) if rid else set()
+    exp_tiles = exp_sup | exp_out
+    if rid is not None and exp_tiles:
+        # the annotators' agreement on the same tiles the model is scored on
+        table: dict[str, Any] = {"tiles": sorted(exp_tiles)}
+        if "superstructures" in heads and exp_sup:
+            ag = agreement(rid, "superstructures", tiles=split_tiles)
             model_iou = {c: metrics.get(f"superstructures_iou_{c}") for c in SUPERSTRUCTURE_CLASSES}
             print(format_table(ag, model_iou))
             table["superstructures"] = {c: {"model": model_iou.get(c), "labelers": ag["pairwise"].get(c, {}).get("mean"),
@@ -86,8 +97,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
                                         for c in SUPERSTRUCTURE_CLASSES}
             table["superstructures_miou_fg"] = {"model": metrics.get("superstructures_miou_fg"),
                                                 "labelers": ag["pairwise_miou"], "vs_reviewed": ag["vs_reviewed_miou"]}
-        if "outline" in heads:
-            ag = agreement(rid, "outlines")
+        if "outline" in heads and exp_out:
+            ag = agreement(rid, "outlines", tiles=split_tiles)
             table["outline_iou"] = {"model": metrics.get("outline_iou"),
                                     "labelers": ag["pairwise"].get("roof", {}).get("mean"),
                                     "vs_reviewed": ag["vs_reviewed"].get("roof", {}).get("mean")}

@@ -2,10 +2,11 @@
 
 Choices (documented as the issue asks):
 
-- class maps (superstructures, segments): cross-entropy + multiclass soft Dice
-  (``smp.losses.DiceLoss(mode="multiclass")``), pixels with :data:`~roofseg.data.IGNORE_INDEX`
-  excluded. CE learns every pixel; Dice keeps the small superstructure classes from drowning in
-  background.
+- class maps (superstructures, segments): cross-entropy (superstructures optionally class-weighted
+  and/or focal: ``--sup-class-weights``, ``--sup-focal-gamma``) + soft Dice averaged over the
+  classes present in the batch (:func:`soft_dice_present`), pixels with
+  :data:`~roofseg.data.IGNORE_INDEX` excluded. CE learns every pixel; the weights and Dice keep
+  the small superstructure classes from drowning in background.
 - outline: BCE + binary soft Dice (``smp.losses.SoftBCEWithLogitsLoss`` + ``DiceLoss(mode="binary")``).
 - lines (thin structures, a few % of the pixels): positive-weighted BCE on the three maps
   (``pos_weight`` default 10 for the inner/eave maps, the junction heatmap a soft target) plus soft
@@ -27,21 +28,63 @@ import torch.nn.functional as F
 from roofseg.data.dataset import IGNORE_INDEX
 
 
+def soft_dice_present(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+    """``1 - mean soft Dice`` over the classes **present in the target** of the batch (ignored pixels
+    left out), so absent classes neither dilute nor dominate the term (smp's ``DiceLoss`` averages
+    over all classes with absent ones counted as 0).
+
+    Shapes: ``(N, C, H, W)`` logits, ``(N, H, W)`` int64 targets. Returns a scalar float32.
+    """
+    c = logits.shape[1]
+    valid = (target != IGNORE_INDEX).unsqueeze(1).float()
+    prob = logits.float().softmax(1) * valid
+    onehot = F.one_hot(target.clamp(0, c - 1) * (target != IGNORE_INDEX), c).permute(0, 3, 1, 2).float() * valid
+    dims = (0, 2, 3)
+    inter, card = (prob * onehot).sum(dims), (prob + onehot).sum(dims)
+    dice = (2 * inter + eps) / (card + eps)
+    present = onehot.sum(dims) > 0
+    if not bool(present.any()):
+        return logits.sum() * 0.0
+    return 1.0 - dice[present].mean()
+
+
 class ClassMapLoss(torch.nn.Module):
     """``ce_weight * CE + dice_weight * (1 - soft Dice)`` for ``(N, C, H, W)`` logits and
-    ``(N, H, W)`` int64 targets (``IGNORE_INDEX`` ignored). Returns a scalar float32."""
+    ``(N, H, W)`` int64 targets (``IGNORE_INDEX`` ignored). Returns a scalar float32.
 
-    def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0) -> None:
+    Args:
+        class_weights: ``(C,)`` per-class weights of the CE/focal term (None: all 1); the weighted
+            mean divides by the summed weights of the labelled pixels, as ``F.cross_entropy`` does.
+        focal_gamma: > 0 turns CE into the focal loss ``(1 - p_t)^gamma * CE`` (Lin et al. 2017).
+        dice_present_only: Dice averaged over the classes present in the batch
+            (:func:`soft_dice_present`) instead of smp's ``DiceLoss`` over all classes.
+    """
+
+    def __init__(self, ce_weight: float = 1.0, dice_weight: float = 1.0, class_weights=None,
+                 focal_gamma: float = 0.0, dice_present_only: bool = True) -> None:
         super().__init__()
-        self.ce_weight, self.dice_weight = ce_weight, dice_weight
+        self.ce_weight, self.dice_weight, self.gamma = ce_weight, dice_weight, float(focal_gamma)
+        self.dice_present_only = dice_present_only
+        w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", w)
         self.dice = smp.losses.DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE_INDEX)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
-        ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
-        if not (target != IGNORE_INDEX).any():
+        valid = target != IGNORE_INDEX
+        if not bool(valid.any()):
             ce = logits.sum() * 0.0
-        return self.ce_weight * ce + self.dice_weight * self.dice(logits, target)
+        elif self.gamma == 0 and self.class_weights is None:
+            ce = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+        else:
+            nll = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="none")
+            loss = nll * (1 - torch.exp(-nll)) ** self.gamma if self.gamma > 0 else nll
+            t = target.clamp(0, logits.shape[1] - 1)
+            w = self.class_weights.to(logits.device)[t] if self.class_weights is not None else torch.ones_like(nll)
+            w = w * valid
+            ce = (loss * w).sum() / w.sum().clamp(min=1e-12)
+        dice = soft_dice_present(logits, target) if self.dice_present_only else self.dice(logits, target)
+        return self.ce_weight * ce + self.dice_weight * dice
 
 
 class BinaryLoss(torch.nn.Module):
@@ -89,15 +132,21 @@ class RoofLoss(torch.nn.Module):
     Args:
         weights: ``{head: weight}`` for the heads trained.
         line_pos_weight: :class:`ThinStructureLoss` ``pos_weight``.
+        superstructure_class_weights, superstructure_focal_gamma: the superstructure
+            :class:`ClassMapLoss`'s ``class_weights`` and ``focal_gamma``.
 
     ``forward(outputs, batch)`` returns ``(total, {head: loss})`` (scalars).
     """
 
-    def __init__(self, weights: Mapping[str, float], line_pos_weight: float = 10.0) -> None:
+    def __init__(self, weights: Mapping[str, float], line_pos_weight: float = 10.0,
+                 superstructure_class_weights=None, superstructure_focal_gamma: float = 0.0) -> None:
         super().__init__()
         self.weights = dict(weights)
         self.losses = torch.nn.ModuleDict({
-            "outline": BinaryLoss(), "superstructures": ClassMapLoss(), "segments": ClassMapLoss(),
+            "outline": BinaryLoss(),
+            "superstructures": ClassMapLoss(class_weights=superstructure_class_weights,
+                                            focal_gamma=superstructure_focal_gamma),
+            "segments": ClassMapLoss(),
             "lines": ThinStructureLoss(pos_weight=line_pos_weight)})
 
     def forward(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],

@@ -377,8 +377,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--footprints", default=None, help="image_boundaries.csv (id, lon-first WKT polygon) for lon/lat "
                    "output; default: a RID root's vector_labels/ next to the tile")
     p.add_argument("--simplify", type=float, default=1.5, help="polygon simplification tolerance in px")
-    p.add_argument("--window", type=int, default=512, help="sliding-window side in input px for tiles larger than "
-                   "this (the training tiles' native side: RID 512); smaller tiles are predicted whole")
+    p.add_argument("--window", type=int, default=None, help="sliding-window side in input px for tiles larger than "
+                   "this; smaller tiles are predicted whole (default: the checkpoint's --crop-size, else 512, "
+                   "RID's tile side: the scale the model was trained at)")
     p.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap, fraction of --window")
     p.add_argument("--metric-crs", default=RID_METRIC_CRS, help="metric CRS for areas (m2) and azimuths")
     p.add_argument("--device", default="cpu")
@@ -387,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = p.parse_args(argv)
         if args.simplify < 0:
             raise ConfigError(f"--simplify must be >= 0 (got {args.simplify})")
-        if args.window < 32 or not 0 <= args.overlap <= 0.9:
+        if (args.window is not None and args.window < 32) or not 0 <= args.overlap <= 0.9:
             raise ConfigError(f"--window must be >= 32 and --overlap in [0, 0.9] (got {args.window}, {args.overlap})")
         try:
             from pyproj import CRS
@@ -400,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"TILE {t}: file not found")
         model, cfg = load_model(args.checkpoint, args.device)
         sectors, size = int(cfg.get("sectors", 16)), int(cfg.get("image_size", 512))
+        window = args.window or int(cfg.get("crop_size") or 512)
         fp_path = Path(args.footprints) if args.footprints else None
         footprints = load_footprints(fp_path) if fp_path else None
         out = Path(args.out)
@@ -415,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise DataError(f"{tile}: cannot read GeoTIFF ({exc})") from None
             else:
                 image = load_rgb(tile)
-            probs = predict_tile(model, image, size, args.device, window=args.window, overlap=args.overlap)
+            probs = predict_tile(model, image, size, args.device, window=window, overlap=args.overlap)
             georef, seg_dir = _georef(tile, image.shape[:2], tiff_ref, footprints, fp_path)
             for head, (fig, raw) in figures(image, probs, sectors).items():
                 fig.save(out / f"{tile.stem}_{head}.png")

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import mlcore  # noqa: F401  (allocator environment before torch initialises a device)
@@ -23,8 +24,11 @@ from mlcore.cli import train_main
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
 from mlcore.trainer import evaluate_model
+from roofseg.agreement import agreement
 from roofseg.config import RoofSegConfig
 from roofseg.data import DataError, RoofDataset, find_samples
+from roofseg.data.dataset import load_index_mask, solarnet_channels
+from roofseg.data.rid import SUPERSTRUCTURE_CLASSES
 from roofseg.data.splits import rid_split
 from roofseg.losses import RoofLoss
 from roofseg.metrics import RoofMetrics
@@ -99,15 +103,22 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
                     ", ".join(h for h in heads if h not in trained))
     cfg.trained_heads = ",".join(trained)
     ds_kw = dict(sectors=cfg.sectors, line_width=cfg.line_width)
-    train_ds = RoofDataset(train_samples, heads, cfg.image_size, train=True, **ds_kw)
-    val_ds = RoofDataset(val_samples, heads, cfg.image_size, train=False, **ds_kw)
+    train_ds = RoofDataset(train_samples, heads, cfg.image_size, train=True, crop_size=cfg.crop_size,
+                           superstructure_crops=cfg.superstructure_crops, **ds_kw)
+    val_ds = RoofDataset(val_samples, heads, cfg.eval_image_size(), train=False, **ds_kw)
+    if "superstructures" in heads and cfg.sup_class_weights == "auto":
+        w = superstructure_class_weights(train_samples)
+        cfg.sup_class_weights = ",".join(f"{v:.4g}" for v in w)
+        log.info("--sup-class-weights auto: %s", cfg.sup_class_weights)
     loader_kw = dict(num_workers=cfg.num_workers, seed=cfg.seed)
     train_loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train_ds) > cfg.batch_size,
                                **loader_kw)
     val_loader = make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
 
     model = build_model(cfg, resume=bool(cfg.resume))
-    step = make_step(RoofLoss(cfg.loss_weights(), line_pos_weight=cfg.line_pos_weight))
+    step = make_step(RoofLoss(cfg.loss_weights(), line_pos_weight=cfg.line_pos_weight,
+                              superstructure_class_weights=cfg.sup_weights(),
+                              superstructure_focal_gamma=cfg.sup_focal_gamma))
     trainer = Trainer(model, cfg, step, metrics=[RoofMetrics(heads, cfg.sectors, cfg.tolerance)])
     if trainer.logger.enabled:
         write_json_atomic(trainer.run_dir / "split.json", split_record(cfg, train_samples, val_samples, test_samples))
@@ -162,12 +173,47 @@ def evaluate_test(cfg: RoofSegConfig, trainer: Trainer, step, test_samples) -> d
     model = RoofNet(cfg.heads(), cfg.encoder, None, cfg.sectors)
     model.load_state_dict(load_checkpoint(ckpt_path)["model"])
     model = trainer.strategy.prepare_model(model)
-    ds = RoofDataset(test_samples, cfg.heads(), cfg.image_size, train=False, sectors=cfg.sectors,
+    ds = RoofDataset(test_samples, cfg.heads(), cfg.eval_image_size(), train=False, sectors=cfg.sectors,
                      line_width=cfg.line_width)
     loader = make_loader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
     metrics = evaluate_model(model, loader, step, [RoofMetrics(cfg.heads(), cfg.sectors, cfg.tolerance)],
                              trainer.strategy, desc="test")
-    return {"checkpoint": ckpt_path.name, "n_samples": len(ds), **metrics}
+    out: dict[str, Any] = {"checkpoint": ckpt_path.name, "n_samples": len(ds), **metrics}
+    rid = next((s.image.parent.parent for s in test_samples if s.source == "rid"), None)
+    if rid is not None and "superstructures" in cfg.heads() and (rid / "annotation_experiment").is_dir():
+        names = [s.name for s in test_samples if s.source == "rid"]
+        try:
+            ag = agreement(rid, "superstructures", tiles=names)
+        except DataError:  # no annotation-experiment tile among the test tiles
+            ag = None
+        if ag is not None:
+            out["agreement"] = {"tiles": ag["tiles"], "classes": {
+                c: {"model": metrics.get(f"superstructures_iou_{c}"),
+                    "labelers": ag["pairwise"].get(c, {}).get("mean"),
+                    "vs_reviewed": ag["vs_reviewed"].get(c, {}).get("mean")} for c in SUPERSTRUCTURE_CLASSES}}
+    return out
+
+
+def superstructure_class_weights(samples, n: int = 9, lo: float = 0.1, hi: float = 10.0) -> list[float]:
+    """``--sup-class-weights auto``: ``sqrt(median frequency / frequency)`` per class over the training
+    samples' superstructure masks (native resolution; classes with no pixel get 1), clipped to
+    [``lo``, ``hi``]."""
+    counts = np.zeros(n, np.float64)
+    for s in samples:
+        if s.superstructures is None:
+            continue
+        m = load_index_mask(s.superstructures)
+        if s.source == "solarnet":
+            m = solarnet_channels(m, s.superstructures, "inferred")[2]
+        counts += np.bincount(m[m < n].ravel(), minlength=n)[:n]
+    freq = counts / max(counts.sum(), 1.0)
+    present = freq > 0
+    if not present.any():
+        return [1.0] * n
+    med = float(np.median(freq[present]))
+    w = np.ones(n)
+    w[present] = np.clip(np.sqrt(med / freq[present]), lo, hi)
+    return [float(v) for v in w]
 
 
 def export_run(run_dir: Path, export_dir: Path, monitor: str) -> Path:

@@ -187,8 +187,14 @@ def azimuth_lut(sectors: int, op: str) -> np.ndarray:
     return lut
 
 
-def _resize_nearest(a: np.ndarray, size: int) -> np.ndarray:
-    return cv2.resize(a, (size, size), interpolation=cv2.INTER_NEAREST)
+def _resize_nearest(a: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of ``(H, W)`` or ``(C, H, W)`` to ``size`` (side, or (height, width))."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if a.shape[-2:] == (h, w):
+        return a
+    if a.ndim == 3:
+        return np.stack([cv2.resize(c, (w, h), interpolation=cv2.INTER_NEAREST) for c in a])
+    return cv2.resize(a, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
 class RoofDataset(Dataset):
@@ -213,10 +219,19 @@ class RoofDataset(Dataset):
         train: apply augmentation.
         sectors: segment scheme (4, 8 or 16).
         line_width: training line-map width in px at ``image_size``.
+        crop_size: training only: a random ``crop_size`` x ``crop_size`` crop of the tile at its
+            native resolution (targets computed at native resolution first) is resized to
+            ``image_size``. None: the whole tile is resized.
+        superstructure_crops: probability that a training crop is centred (+- a quarter crop) on a
+            pixel of a superstructure class drawn uniformly from the classes present in the tile
+            (class-balanced sampling of the rare classes).
     """
 
     def __init__(self, samples: Sequence[RoofSample], heads: Sequence[str], image_size: int, *, train: bool,
-                 sectors: int = 16, line_width: int = 3, junction_sigma: float = 2.0) -> None:
+                 sectors: int = 16, line_width: int = 3, junction_sigma: float = 2.0, crop_size: int | None = None,
+                 superstructure_crops: float = 0.0) -> None:
+        self.crop_size = crop_size if train else None
+        self.superstructure_crops = superstructure_crops
         self.samples = list(samples)
         self.heads = tuple(heads)
         self.size = int(image_size)
@@ -230,9 +245,11 @@ class RoofDataset(Dataset):
         return len(self.samples)
 
     # --------------------------------------------------------------------------------------
-    def targets(self, s: RoofSample, shape: tuple[int, int]) -> dict[str, np.ndarray]:
-        """Targets of ``s`` at size S (numpy, before augmentation); absent labels are missing keys."""
-        S = self.size
+    def targets(self, s: RoofSample, shape: tuple[int, int], out_hw: tuple[int, int] | None = None,
+                ) -> dict[str, np.ndarray]:
+        """Targets of ``s`` at ``out_hw`` (default S x S; numpy, before augmentation); absent labels
+        are missing keys."""
+        S = out_hw or (self.size, self.size)
         out: dict[str, np.ndarray] = {}
         if s.source == "solarnet":
             raw = load_index_mask(s.outline)  # type: ignore[arg-type]
@@ -245,8 +262,8 @@ class RoofDataset(Dataset):
                 out["segments"] = _resize_nearest(seg, S)
             return out
         if s.graph is not None:
-            graph = parse_graph(s.graph).scaled(S / shape[1], S / shape[0])
-            t = render_targets(graph, (S, S), line_width=self.line_width, junction_sigma=self.junction_sigma)
+            graph = parse_graph(s.graph).scaled(S[1] / shape[1], S[0] / shape[0])
+            t = render_targets(graph, S, line_width=self.line_width, junction_sigma=self.junction_sigma)
             out.update(t)
         if "outline" in self.heads and s.source == "rid" and s.roof_label == "segments":
             # roof = the union of RID's segment polygons (every labelled roof, not only the centred one)
@@ -298,7 +315,11 @@ class RoofDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
         rgb = load_rgb(s.image)
-        t = self.targets(s, rgb.shape[:2])
+        if self.crop_size:
+            rgb, t = self._crop(rgb, self.targets(s, rgb.shape[:2], rgb.shape[:2]))
+            t = {k: _resize_nearest(v, self.size) for k, v in t.items()}
+        else:
+            t = self.targets(s, rgb.shape[:2])
         image = cv2.resize(rgb, (self.size, self.size), interpolation=cv2.INTER_AREA)
         if self.train:
             image, t = self._augment(image, t)
@@ -324,6 +345,33 @@ class RoofDataset(Dataset):
                 v = t.get("lines_thin", np.zeros((2, S, S), np.uint8))
                 item["lines_thin"] = torch.from_numpy(np.ascontiguousarray(v))
         return item
+
+    def _crop(self, rgb: np.ndarray, t: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """A ``crop_size`` crop of the native-resolution tile and its targets (padded when smaller)."""
+        c = int(self.crop_size)  # type: ignore[arg-type]
+        h, w = rgb.shape[:2]
+        if h < c or w < c:
+            ph, pw = max(0, c - h), max(0, c - w)
+            rgb = np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="reflect")
+            fill = {"superstructures": IGNORE_INDEX, "segments": IGNORE_INDEX}
+            t = {k: np.pad(v, ((0, 0),) * (v.ndim - 2) + ((0, ph), (0, pw)), constant_values=fill.get(k, 0))
+                 for k, v in t.items()}
+            h, w = rgb.shape[:2]
+        cy = cx = None
+        sup = t.get("superstructures")
+        if sup is not None and self.superstructure_crops > 0 and random.random() < self.superstructure_crops:
+            present = [int(k) for k in np.unique(sup) if k < N_SUPERSTRUCTURE_CLASSES - 1]
+            if present:
+                ys, xs = np.nonzero(sup == random.choice(present))
+                i = random.randrange(len(ys))
+                j = c // 4
+                cy, cx = ys[i] + random.randint(-j, j), xs[i] + random.randint(-j, j)
+        if cy is None:
+            y0, x0 = random.randint(0, h - c), random.randint(0, w - c)
+        else:
+            y0, x0 = int(np.clip(cy - c // 2, 0, h - c)), int(np.clip(cx - c // 2, 0, w - c))
+        return (np.ascontiguousarray(rgb[y0:y0 + c, x0:x0 + c]),
+                {k: np.ascontiguousarray(v[..., y0:y0 + c, x0:x0 + c]) for k, v in t.items()})
 
     def _augment(self, image: np.ndarray, t: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         ops = []
