@@ -20,10 +20,15 @@ def test_auto_picks_best_available():
     want = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert resolve_device("auto") == want
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="--device cuda requested but it is not available"):
+        with pytest.raises(ValueError, match=r"--device cuda: CUDA is not available .*present here: auto, cpu"):
             resolve_device("cuda")
-    with pytest.raises(ValueError, match="--device must be one of"):
+        with pytest.raises(ValueError, match=r"--device cuda:1: CUDA is not available"):
+            resolve_device("cuda:1")
+    with pytest.raises(ValueError, match=r"--device tpu: expected one of auto, cpu, cuda\[:N\], mps \(present here"):
         resolve_device("tpu")
+    with pytest.raises(ValueError, match="expected one of"):
+        resolve_device("cpu:0")
+    assert resolve_device(" CPU ") == "cpu"
 
 
 def test_cpu_precision():

@@ -1,23 +1,45 @@
-"""Atomic checkpoint files, loaded with ``torch.load(..., weights_only=True)``.
+"""Atomic checkpoint files, and the one safe loader every command reads checkpoints with.
 
 A checkpoint is written to a temporary file in the same folder, flushed and fsynced, then moved
 over the target with ``os.replace`` (atomic on POSIX and Windows), so a crash or a full disk
 during a save never leaves a truncated ``last.pt``.
+
+Every command that reads a checkpoint or a ``--weights`` file goes through :func:`load_checkpoint`
+(``torch.load(..., weights_only=True)``, never ``weights_only=False``): each way a file can be
+wrong becomes one :class:`CheckpointError` line (empty, truncated, not a checkpoint, refused because
+it pickles code, a checkpoint of another domain), which :func:`mlcore.cli.run_cli` prints without a
+traceback. Checkpoints written by the trainer record the domain package that wrote them under the
+key ``"domain"`` (see :func:`config_domain`) so a loader can pass ``expect_domain=``.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import pickletools
+import re
 import tempfile
-from collections.abc import Callable
+import warnings
+import zipfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or lacks a required entry."""
+class UserInputError(Exception):
+    """Bad input from the user (a file, a flag value): the message is one line naming the file or
+    flag and what was expected. :func:`mlcore.cli.run_cli` prints it as ``prog: error: ...`` and
+    exits non-zero, without a traceback."""
+
+
+class CheckpointError(UserInputError, RuntimeError):
+    """A checkpoint is missing, unreadable, unsafe, of another domain, or lacks a required entry."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist (also a ``FileNotFoundError``)."""
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
@@ -65,22 +87,184 @@ def link_alias(target: str | Path, alias: str | Path) -> Path:
     return alias
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict with ``weights_only=True``.
+# Module prefixes whose pickled globals a plain tensor checkpoint may reference (what torch's
+# weights-only unpickler allows by default); anything else named in the pickle is code.
+_SAFE_GLOBAL_PREFIXES = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set",
+                         "builtins.frozenset", "builtins.bytearray", "builtins.slice", "builtins.complex",
+                         "numpy.", "__builtin__.set")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING",
+               "STRING"}
+
+
+def config_domain(config: Any) -> str | None:
+    """The domain package a config belongs to: the top-level package of its class
+    (``hairseg.config.HairSegConfig`` -> ``"hairseg"``), ``None`` for mlcore's own :class:`TrainConfig`."""
+    top = type(config).__module__.split(".")[0]
+    return None if top in ("mlcore", "builtins", "__main__") else top
+
+
+def checkpoint_domain(ckpt: Mapping[str, Any]) -> str | None:
+    """The domain recorded in a loaded checkpoint (``ckpt["domain"]``, else ``ckpt["config"]["domain"]``),
+    ``None`` when it does not say (older checkpoints, bare state dicts)."""
+    domain = ckpt.get("domain")
+    config = ckpt.get("config")
+    if domain is None and isinstance(config, Mapping):
+        domain = config.get("domain")
+    return domain if isinstance(domain, str) else None
+
+
+def _pickle_bytes(path: Path) -> list[bytes]:
+    """The pickle streams of a checkpoint file: ``*/data.pkl`` of a torch zip, else the file itself."""
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                return [zf.read(n) for n in zf.namelist() if n.endswith(".pkl")]
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return []
+    return [path.read_bytes()]
+
+
+def pickled_globals(path: str | Path) -> list[str]:
+    """``module.name`` of every global a pickle references, read with :mod:`pickletools` (nothing is
+    executed): ``GLOBAL`` operands and ``STACK_GLOBAL`` with the two strings pushed before it.
+    Parsing stops at the first malformed opcode (a truncated file still reports what came before)."""
+    found: list[str] = []
+    for data in _pickle_bytes(Path(path)):
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif op.name in _STRING_OPS:
+                    strings.append(arg.decode("latin-1") if isinstance(arg, bytes) else str(arg))
+        except Exception:  # noqa: BLE001 - pickletools raises ValueError/EOFError/... on garbage
+            pass
+    return found
+
+
+def _unsafe_global(path: Path, exc: BaseException) -> str | None:
+    """The first global in ``path`` that is not a tensor-checkpoint type (e.g. ``posix.system``)."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if match and not match.group(1).startswith(_SAFE_GLOBAL_PREFIXES):
+        return match.group(1)
+    for name in pickled_globals(path):
+        if not name.startswith(_SAFE_GLOBAL_PREFIXES):
+            return name
+    return None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
+                    expect_domain: str | None = None, flag: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint dict safely (``torch.load(..., weights_only=True)``).
+
+    Args:
+        path: a ``torch.save`` file: a trainer checkpoint (``{"model": state_dict, "config": ...}``)
+            or a bare state dict.
+        map_location: where tensors are loaded (default CPU).
+        expect_domain: the domain package reading it (``"hairseg"``); a checkpoint that records another
+            domain is refused. Checkpoints that record none are accepted.
+        flag: the flag the path came from (``"--weights"``), used to start the error message.
+
+    Returns:
+        The checkpoint mapping (tensors on ``map_location``).
 
     Raises:
-        CheckpointError: missing file or a file that is not a readable checkpoint.
+        CheckpointError: one line: file not found; a folder; ``0 bytes: not a checkpoint``; truncated or
+            corrupt; not a PyTorch checkpoint; ``refused: the file contains a pickled call to
+            posix.system, not tensors``; not a dict; ``a foodrec checkpoint, expected hairseg``.
     """
     path = Path(path)
+    name = f"{flag} {path}" if flag else str(path)
+    if path.is_dir():
+        raise CheckpointError(f"{name}: is a folder, expected a checkpoint file")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointNotFoundError(f"{name}: file not found" if flag else f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{name}: 0 bytes: not a checkpoint")
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not for the user
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        unsafe = _unsafe_global(path, exc)
+        if unsafe is not None:  # never suggest weights_only=False, as torch's own message does
+            raise CheckpointError(f"{name}: refused: the file contains a pickled call to {unsafe}, "
+                                  "not tensors") from None
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic == b"PK\x03\x04" or "zip archive" in str(exc) or isinstance(exc, EOFError):
+            raise CheckpointError(f"{name}: truncated or corrupt checkpoint "
+                                  f"({path.stat().st_size} bytes; re-save or re-download it)") from None
+        raise CheckpointError(f"{name}: not a PyTorch checkpoint ({path.stat().st_size} bytes, "
+                              "unreadable by torch.load)") from None
     if not isinstance(obj, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
+        raise CheckpointError(f"{name}: holds a {type(obj).__name__}, expected a checkpoint dict")
+    found = checkpoint_domain(obj)
+    if expect_domain is not None and found is not None and found != expect_domain:
+        raise CheckpointError(f"{name}: a {found} checkpoint, expected {expect_domain}")
     return obj
+
+
+def state_dict_of(ckpt: Mapping[str, Any], *, name: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model state dict inside a loaded checkpoint: ``ckpt["model"]``, ``ckpt["state_dict"]`` or
+    ``ckpt`` itself, with ``module.`` (DDP) and ``_orig_mod.`` (torch.compile) prefixes removed.
+
+    Raises:
+        CheckpointError: no mapping of tensors found.
+    """
+    state: Any = ckpt
+    for key in ("model", "state_dict"):
+        if isinstance(ckpt.get(key), Mapping):
+            state = ckpt[key]
+            break
+    if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{name}: holds no model weights (expected a state dict, or a dict with "
+                              "'model' or 'state_dict')")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+def load_state_dict_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
+                            name: str = "checkpoint", strict: bool = True) -> None:
+    """``model.load_state_dict(state)`` with a one-line error instead of torch's list of every key.
+
+    Raises:
+        CheckpointError: missing/unexpected keys (strict) or shape mismatches, with counts and the
+            first example of each.
+    """
+    own = model.state_dict()
+    shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
+              if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    problems = []
+    if shapes:
+        k, a, b = shapes[0]
+        problems.append(f"{len(shapes)} shape mismatches (e.g. {k}: {a} in the file, {b} in the model)")
+    if strict and missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if problems:
+        raise CheckpointError(f"{name}: weights do not match the model: {'; '.join(problems)}")
+    model.load_state_dict(state, strict=strict)
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path, *, expect_domain: str | None = None,
+                       flag: str | None = "--weights", strict: bool = True) -> dict[str, Any]:
+    """Initialise ``model`` from a checkpoint or state-dict file through :func:`load_checkpoint`.
+
+    Returns:
+        The loaded checkpoint mapping (for its ``config`` or class names).
+
+    Raises:
+        CheckpointError: see :func:`load_checkpoint` and :func:`load_state_dict_checked`.
+    """
+    ckpt = load_checkpoint(path, expect_domain=expect_domain, flag=flag)
+    name = f"{flag} {path}" if flag else str(path)
+    load_state_dict_checked(model, state_dict_of(ckpt, name=name), name=name, strict=strict)
+    return ckpt
 
 
 def resolve_resume_path(resume: str | Path) -> Path:

@@ -21,8 +21,9 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mlcore.checkpoint import CheckpointError, resolve_resume_path
+from mlcore.checkpoint import CheckpointError, UserInputError, resolve_resume_path
 from mlcore.config import ConfigError, TrainConfig, flag
+from mlcore.devices import DeviceError, check_device
 from mlcore.runlog import setup_logging
 
 C = TypeVar("C", bound=TrainConfig)
@@ -76,14 +77,91 @@ def load_preset(name_or_path: str, package: str | None) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"--config {name_or_path}: invalid YAML ({exc.__class__.__name__})") from exc
+        raise ConfigError(f"--config {name_or_path}: {yaml_error_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config {name_or_path}: expected a mapping of option: value")
     return data
 
 
+def yaml_error_line(exc: yaml.YAMLError) -> str:
+    """One line for a YAML parse error: ``invalid YAML at line 3, column 7: mapping values are not
+    allowed here`` (1-based line and column, from PyYAML's ``problem_mark``)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or exc.__class__.__name__
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"invalid YAML{where}: {problem}"
+
+
+def device_arg(text: str) -> str:
+    """argparse ``type`` of every ``--device`` flag: :func:`mlcore.devices.check_device`, its one-line
+    error (valid forms and the devices present) reported by argparse with exit code 2."""
+    try:
+        return check_device(text)
+    except DeviceError as exc:
+        raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+device_arg.__name__ = "device"
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse ``type``: an int >= ``minimum`` (``--batch-size 0`` -> one line, exit 2)."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum} (got {value})")
+        return value
+    convert.__name__ = "int"
+    return convert
+
+
+# Flags whose meaning is the same in every command: the shared parser checks them itself, so a
+# domain's ``add_argument("--batch-size", type=int)`` already rejects 0 in one line.
+_INT_MINIMUM = {"batch_size": 1, "num_workers": 0, "torch_threads": 1}
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default once: appended as ``(default: X)`` unless the help text
+    already states one, also for options without help text; suppressed defaults and flags
+    (``--help``) are left alone."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if ("(default" in help_text or "%(default)" in help_text or action.default is argparse.SUPPRESS
+                or action.required):
+            return help_text
+        if not action.option_strings or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            return help_text
+        return f"{help_text} (default: %(default)s)".strip()
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage block) and exit code 2."""
+    """argparse for every command of the workspace: a bad flag is one line on stderr (no usage block)
+    and exit code 2; ``--help`` shows every default (:class:`DefaultsHelpFormatter`); ``--device`` is
+    checked by :func:`device_arg` and ``--batch-size`` / ``--num-workers`` by range, whatever
+    ``type`` the command passed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        if kwargs["formatter_class"] in (argparse.HelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+            kwargs["formatter_class"] = DefaultsHelpFormatter
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        dest = kwargs.get("dest") or next((a.lstrip("-").replace("-", "_") for a in args if a.startswith("--")), None)
+        if dest == "device" and kwargs.get("action") in (None, "store"):
+            kwargs["type"] = device_arg
+            kwargs.pop("choices", None)
+            kwargs.setdefault("metavar", "DEVICE")
+        elif dest in _INT_MINIMUM and kwargs.get("type") is int:
+            kwargs["type"] = int_at_least(_INT_MINIMUM[dest])
+            kwargs.setdefault("metavar", "INT")
+        is_option = any(str(a).startswith("-") for a in args)
+        if (is_option and not kwargs.get("help") and not kwargs.get("required")
+                and kwargs.get("action") not in ("help", "version")):
+            kwargs["help"] = "(default: %(default)s)"  # argparse skips the formatter for blank help
+        return super().add_argument(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -97,9 +175,7 @@ def build_parser(config_cls: type[C], prog: str, description: str = "", presets_
     text still shows each field's default.
     """
     presets = list_presets(presets_package)
-    parser = ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                     argument_default=argparse.SUPPRESS)
+    parser = ArgumentParser(prog=prog, description=description, argument_default=argparse.SUPPRESS)
     parser.add_argument("--config", metavar="NAME_OR_YAML",
                         help=f"preset name ({', '.join(presets) or 'none shipped'}) or a YAML file; flags override it")
     hints = typing.get_type_hints(config_cls)
@@ -107,10 +183,14 @@ def build_parser(config_cls: type[C], prog: str, description: str = "", presets_
         base, optional = _scalar_type(hints[f.name])
         help_text = f.metadata.get("help", "")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kwargs: dict[str, Any] = {"help": f"{help_text} (default: {default})", "dest": f.name}
+        # one default per flag: a help text that states its own default keeps it
+        shown = help_text if "(default" in help_text else f"{help_text} (default: {default})"
+        kwargs: dict[str, Any] = {"help": shown.replace("%", "%%"), "dest": f.name}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["help"] = f"{help_text} (default: {default})"
+        elif f.name == "device":
+            kwargs["type"] = device_arg
+            kwargs["metavar"] = "DEVICE"
         else:
             kwargs["type"] = _converter(base, optional, f.name)
             kwargs["metavar"] = base.__name__.upper() if base is not str else "VALUE"
@@ -187,21 +267,30 @@ def run_cli(main: Callable[[], int | None], *, prog: str,
             user_errors: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``main`` turning user errors into one line on stderr and a non-zero exit code.
 
-    ``ConfigError`` and argparse errors exit 2 (bad flags or config); ``user_errors`` (e.g. a domain's data error),
-    ``FileNotFoundError`` and ``CheckpointError`` exit 1. Other exceptions propagate with their
-    traceback (they are bugs).
+    ``ConfigError``, ``DeviceError`` and argparse errors exit 2 (bad flags or config); ``user_errors``
+    (e.g. a domain's data error), ``FileNotFoundError`` and every :class:`~mlcore.checkpoint.UserInputError`
+    (``CheckpointError`` included) exit 1. Other exceptions propagate with their traceback (they are bugs).
     """
     setup_logging(logging.INFO)
     try:
         return int(main() or 0)
     except SystemExit as exc:  # argparse: --help (0) or a one-line flag error (2), already printed
         return exc.code if isinstance(exc.code, int) else 1
-    except ConfigError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except (ConfigError, DeviceError) as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except (CheckpointError, FileNotFoundError, *user_errors) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except (UserInputError, CheckpointError, FileNotFoundError, *user_errors) as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message as one line: its first non-empty line (library errors such as
+    torch's ``load_state_dict`` list one key per line), with `` (+N more lines)`` when cut."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[0] + (f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else "")
 
 
 def train_main(config_cls: type[C], train: Callable[[C], dict[str, Any]], argv: Sequence[str] | None, *,

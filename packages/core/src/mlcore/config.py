@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlcore.devices import DEVICES, PRECISIONS
+from mlcore.checkpoint import config_domain, load_checkpoint
+from mlcore.devices import DEVICE_FORMS, PRECISIONS, DeviceError, check_device
 from mlcore.schedulers import SCHEDULERS
 
 
@@ -50,7 +51,7 @@ class TrainConfig:
     step_size: int = opt(1000, "step schedule: updates between decays")
     gamma: float = opt(0.1, "step schedule: decay factor")
     image_size: int = opt(224, "input image size in px (square)")
-    device: str = opt("auto", "device (auto picks cuda > mps > cpu)", choices=DEVICES)
+    device: str = opt("auto", f"device: {DEVICE_FORMS} (auto picks cuda > mps > cpu)")
     precision: str = opt("auto", "autocast precision (auto: bf16/fp16 on GPUs, fp32 on CPU)", choices=PRECISIONS)
     channels_last: bool = opt(False, "channels-last memory format for 4-D weights and batches")
     compile: bool = opt(False, "torch.compile the model")
@@ -108,10 +109,18 @@ class TrainConfig:
                 raise ConfigError(f"--{flag(f.name)} must be one of {', '.join(map(str, choices))} "
                                   f"(got {getattr(self, f.name)!r})")
         self.best_monitor_list()
+        try:
+            self.device = check_device(self.device)
+        except DeviceError as exc:
+            raise ConfigError(str(exc)) from None
         if self.data is not None and not Path(self.data).exists():
             raise ConfigError(f"--data {self.data}: folder not found")
         if self.weights is not None and not Path(self.weights).is_file():
             raise ConfigError(f"--weights {self.weights}: file not found")
+        if self.weights is not None and not self.resume:
+            # fail before any data is scanned: empty, truncated, unsafe or another domain's file
+            # (CheckpointError, one line, exit 1)
+            load_checkpoint(self.weights, expect_domain=config_domain(self), flag="--weights")
 
     def best_monitor_list(self) -> list[tuple[str, str]]:
         """``[(metric, mode), ...]`` for best checkpoints: ``--monitor`` first, then ``--best-monitors``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -214,29 +215,80 @@ def _mps_bf16_ok() -> bool:
         return False
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` picks cuda > mps > cpu; an explicit device must be available.
+class DeviceError(ValueError):
+    """A ``--device`` value that is malformed or names a device this machine lacks; the message is one
+    line naming the valid forms and the devices present."""
+
+
+DEVICE_FORMS = "auto, cpu, cuda[:N], mps"
+"""The accepted ``--device`` spellings, for messages and ``--help``."""
+
+
+def available_devices() -> list[str]:
+    """Devices present on this machine, e.g. ``["auto", "cpu", "cuda:0", "cuda:1"]``."""
+    present = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        present += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if hasattr(torch.backends, "mps") and torch.backends.mps.is_available():
+        present.append("mps")
+    return present
+
+
+def check_device(name: str, flag: str = "--device") -> str:
+    """Validate a ``--device`` value without touching the device: ``auto``, ``cpu``, ``cuda``,
+    ``cuda:N`` or ``mps``, and the device must be present.
+
+    Returns:
+        ``name`` normalised (lower case, stripped).
 
     Raises:
-        ValueError: unknown device name, or the device is not available here.
+        DeviceError: ``--device gpu: expected one of auto, cpu, cuda[:N], mps (present here: auto, cpu)``.
     """
-    if name not in DEVICES:
-        raise ValueError(f"--device must be one of {', '.join(DEVICES)} (got {name!r})")
-    cuda_ok = torch.cuda.is_available()
-    mps_ok = hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+    text = str(name).strip().lower()
+    present = available_devices()
+    here = f"(present here: {', '.join(present)})"
+    match = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(\d+))?", text)
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise DeviceError(f"{flag} {name}: expected one of {DEVICE_FORMS} {here}")
+    kind, index = match.group(1), match.group(2)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"{flag} {name}: CUDA is not available on this machine {here}")
+        if index is not None and int(index) >= torch.cuda.device_count():
+            raise DeviceError(f"{flag} {name}: no such CUDA device ({torch.cuda.device_count()} present) {here}")
+    if kind == "mps" and "mps" not in present:
+        raise DeviceError(f"{flag} {name}: Apple MPS is not available on this machine {here}")
+    return text
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` picks cuda > mps > cpu; an explicit device (``cpu``, ``cuda``, ``cuda:N``, ``mps``) must be
+    available.
+
+    Returns:
+        ``"cpu"``, ``"mps"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        DeviceError: (a ``ValueError``) unknown device name, or the device is not available here.
+    """
+    name = check_device(name)
     if name == "auto":
-        return "cuda" if cuda_ok else "mps" if mps_ok else "cpu"
-    if (name == "cuda" and not cuda_ok) or (name == "mps" and not mps_ok):
-        raise ValueError(f"--device {name} requested but it is not available on this machine")
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if "mps" in available_devices() else "cpu"
     return name
 
 
 def build_strategy(device: str = "auto", precision: str = "auto", *, channels_last: bool = False,
                    empty_cache_every: int = 0) -> DeviceStrategy:
     """The :class:`DeviceStrategy` for ``device`` (after :func:`resolve_device`)."""
-    kind = resolve_device(device)
+    resolved = resolve_device(device)
+    kind, _, index = resolved.partition(":")
     cls = {"cpu": CPUStrategy, "cuda": CUDAStrategy, "mps": MPSStrategy}[kind]
-    return cls(precision, channels_last=channels_last, empty_cache_every=empty_cache_every)
+    strategy = cls(precision, channels_last=channels_last, empty_cache_every=empty_cache_every)
+    if index:  # cuda:N outside torchrun picks device N (under torchrun the local rank decides)
+        strategy.device = torch.device("cuda", int(index) + local_rank())
+    return strategy
 
 
 def _map_tensors(obj: Any, fn) -> Any:
@@ -308,5 +360,6 @@ def _slice(obj: Any, a: int, b: int, n: int) -> Any:
 
 __all__: Sequence[str] = (
     "DeviceStrategy", "CPUStrategy", "CUDAStrategy", "MPSStrategy", "build_strategy", "resolve_device",
+    "check_device", "available_devices", "DeviceError", "DEVICE_FORMS",
     "batch_size_of", "split_batch", "map_tensors", "PRECISIONS", "DEVICES",
 )

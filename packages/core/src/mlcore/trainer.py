@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from mlcore.callbacks import BestCheckpoint, Callback, EarlyStopping
 from mlcore.checkpoint import (
     atomic_save,
+    config_domain,
     link_alias,
     load_checkpoint,
     model_state_dict,
@@ -155,7 +156,8 @@ class Trainer:
         self._stats = {"samples": 0, "train_time": 0.0, "data_time": 0.0}
         self._t0 = time.perf_counter()
         if config.resume:
-            self._resume = load_checkpoint(resolve_resume_path(config.resume))
+            self._resume = load_checkpoint(resolve_resume_path(config.resume), flag="--resume",
+                                           expect_domain=config_domain(config))
             unwrap_model(self.raw_model).load_state_dict(self._resume["model"])
             self.global_step = self._resume["global_step"]
             self.completed_stages = list(self._resume["completed_stages"])
@@ -432,7 +434,8 @@ class Trainer:
         """Write ``checkpoints/<name>`` with the evaluated weights (EMA if on) and the config only."""
         if not is_main_process():
             return None
-        obj = {"model": self._eval_weights(), "config": self.config.to_dict(), "epoch": self.epoch,
+        obj = {"model": self._eval_weights(), "config": self.config.to_dict(), "domain": config_domain(self.config),
+               "epoch": self.epoch,
                "step": self.global_step, "stage": self.stage, **(extra or {})}
         return self._write_checkpoint(obj, name)
 
@@ -465,6 +468,7 @@ class Trainer:
             "history": self.history,
             "train_loss": ctx.get("train_loss", (0.0, 0)),
             "config": ctx["cfg"].to_dict(),
+            "domain": config_domain(ctx["cfg"]),
         }
         self._write_checkpoint(state, "last.pt")
 

@@ -37,7 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = p.parse_args(argv)
         if not Path(args.data).exists():
             raise ConfigError(f"--data {args.data}: folder not found")
-        ckpt = load_checkpoint(args.checkpoint)
+        ckpt = load_checkpoint(args.checkpoint, expect_domain="foodrec", flag="--checkpoint")
         cfg: dict[str, Any] = ckpt.get("config") or {}
         if "backbone" not in cfg:
             raise CheckpointError(f"{args.checkpoint}: no foodrec config (expected a checkpoint from foodrec-train)")

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.top_k < 1:
             raise ConfigError(f"--top-k must be >= 1 (got {args.top_k})")
         ckpt_path = Path(args.checkpoint)
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, expect_domain="foodrec")
         cfg = ckpt.get("config") or {}
         if "backbone" not in cfg:
             raise CheckpointError(f"{ckpt_path}: no foodrec config (expected a checkpoint from foodrec-train)")

@@ -19,6 +19,7 @@ from foodrec.losses import CombinedClassificationLoss, make_mixup
 from foodrec.metrics import ClassificationMetrics
 from foodrec.models import build_model, freeze_backbone
 from mlcore import BadSampleLog, Trainer, make_loader
+from mlcore.checkpoint import load_model_weights
 from mlcore.cli import train_main
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
@@ -66,8 +67,12 @@ def train(cfg: FoodRecConfig) -> dict[str, Any]:
     train_loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, drop_last=cfg.mixup, **kw)
     val_loader = make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, **kw)
 
-    pretrained = None if cfg.resume else cfg.backbone_init()  # resume: every weight comes from last.pt
+    # resume: every weight comes from last.pt; --weights: from that file (no hub download)
+    pretrained = None if (cfg.resume or cfg.weights) else cfg.backbone_init()
     model = build_model(cfg.backbone, num_classes=len(index.classes), pretrained=pretrained)
+    if cfg.weights and not cfg.resume:
+        load_model_weights(model, cfg.weights, expect_domain="foodrec", flag="--weights")
+        log.info("initialised from --weights %s", cfg.weights)
     loss_fn = CombinedClassificationLoss(ce_weight=cfg.ce_weight, focal_weight=cfg.focal_weight,
                                          label_smoothing=cfg.label_smoothing, gamma=cfg.focal_gamma)
     mixup = make_mixup(len(index.classes), mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha,

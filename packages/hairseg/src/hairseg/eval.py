@@ -120,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = str(args.checkpoint)
             if not str(args.checkpoint).endswith(".onnx"):
                 try:
-                    split_cfg = load_checkpoint(args.checkpoint).get("config", {}) or {}
+                    split_cfg = load_checkpoint(args.checkpoint, expect_domain="hairseg", flag="--checkpoint").get("config", {}) or {}
                 except CheckpointError:
                     split_cfg = {}  # TorchScript archives hold no config
         samples = find_samples(args.data, args.split,

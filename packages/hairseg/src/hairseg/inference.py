@@ -186,7 +186,7 @@ class TorchPredictor(_ModelPredictor):
         if not self.path.is_file():
             raise FileNotFoundError(f"model file not found: {self.path}")
         try:
-            ckpt = load_checkpoint(self.path)
+            ckpt = load_checkpoint(self.path, expect_domain="hairseg")
         except CheckpointError as exc:
             cause = exc.__cause__ or exc
             raise ModelFormatError(f"{self.path}: not a readable model file ({type(cause).__name__}: "

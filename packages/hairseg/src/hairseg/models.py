@@ -18,12 +18,12 @@ Export: all three encoders work with ``torch.jit.script``, ``torch.jit.trace`` a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
 import torch
 
+from mlcore.checkpoint import load_model_weights
 from mlcore.pretrained import (
     efficientnet_lite0_imagenet_state_dict,
     efficientnet_lite0_weights_path,
@@ -130,35 +130,14 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
-    """Load a checkpoint file into ``model`` strictly (see :func:`build_model`'s ``weights``).
+    """Load a checkpoint file into ``model`` strictly (see :func:`build_model`'s ``weights``), through
+    mlcore's safe loader (:func:`mlcore.checkpoint.load_model_weights`, ``expect_domain="hairseg"``).
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        RuntimeError: the file holds no state dict, or its keys/shapes do not match ``model``.
+        CheckpointError: missing, empty, truncated, unsafe (pickled code) or non-hairseg file, or
+            keys/shapes that do not match ``model`` (one line).
     """
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = obj
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                state = obj[key]
-                break
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise RuntimeError(
-            f"{path}: expected a state_dict (or a dict with 'model'/'state_dict'), got {type(obj)}"
-        )
-    cleaned = {}
-    for key, value in state.items():
-        for prefix in ("module.", "_orig_mod."):
-            key = key.removeprefix(prefix)
-        cleaned[key] = value
-    try:
-        model.load_state_dict(cleaned, strict=True)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{path}: weights do not match the model: {exc}") from exc
+    load_model_weights(model, weights, expect_domain="hairseg", flag="--weights")
 
 
 def offline_efficientnet_lite0_path() -> Path:

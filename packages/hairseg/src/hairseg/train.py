@@ -52,8 +52,8 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     train_loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, **loader_kw)
     val_loader = make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
 
-    # a resumed run takes every weight from last.pt: no hub download (works offline)
-    encoder_init = None if cfg.resume else cfg.encoder_init()
+    # a resumed run takes every weight from last.pt, --weights from that file: no hub download (works offline)
+    encoder_init = None if (cfg.resume or cfg.weights) else cfg.encoder_init()
     try:
         model = build_model(cfg.encoder, encoder_init, freeze_encoder=cfg.freeze_encoder, weights=cfg.weights)
     except OSError as exc:

@@ -35,7 +35,7 @@ def model_from_checkpoint(path: str | Path, num_classes: int | None = None) -> t
     Raises:
         CheckpointError: not a plantid checkpoint, or weights that do not fit the architecture.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, expect_domain="plantid")
     cfg: dict[str, Any] = ckpt.get("config") or {}
     if "model_type" not in cfg or "model" not in ckpt:
         raise CheckpointError(f"{path}: no plantid config (expected a checkpoint written by plantid-train)")

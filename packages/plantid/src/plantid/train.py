@@ -123,7 +123,7 @@ def train(cfg: PlantIdConfig) -> dict[str, Any]:
                         weights_dir=None if cfg.resume else weights_dir, image_size=cfg.image_size,
                         head=cfg.head, dropout=cfg.dropout)
     if weights_file is not None and not cfg.resume:
-        state = load_checkpoint(weights_file).get("model")
+        state = load_checkpoint(weights_file, expect_domain="plantid", flag="--weights").get("model")
         try:
             model.load_state_dict(state)
         except (RuntimeError, TypeError) as exc:

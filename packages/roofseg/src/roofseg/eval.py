@@ -47,7 +47,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     Raises:
         DataError: not a roofseg checkpoint, or no labelled sample of ``split`` under ``data``.
     """
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, expect_domain="roofseg")
     cfg = ckpt.get("config") or {}
     if "task" not in cfg:
         raise DataError(f"{checkpoint}: not a roofseg checkpoint (no task in its config)")

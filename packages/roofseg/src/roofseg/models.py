@@ -129,7 +129,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
             tensor matches the model.
     """
     path = Path(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, expect_domain="roofseg", flag="--weights")
     state = ckpt["model"] if isinstance(ckpt.get("model"), Mapping) else ckpt
     state = {str(k).removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()
              if isinstance(v, torch.Tensor)}

@@ -72,7 +72,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[RoofNet, di
     Raises:
         CheckpointError: unreadable checkpoint; DataError: it holds no roofseg config.
     """
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = load_checkpoint(checkpoint, expect_domain="roofseg")
     cfg = ckpt.get("config") or {}
     if "task" not in cfg:
         raise DataError(f"{checkpoint}: not a roofseg checkpoint (no task in its config)")

@@ -48,7 +48,7 @@ def load_model(path: str | Path) -> tuple[VideoVAE | TextToVideo, dict[str, Any]
         CheckpointError: not a videogen checkpoint, or weights that do not fit the model it names.
     """
     file = resolve_checkpoint(path)
-    ckpt = load_checkpoint(file)
+    ckpt = load_checkpoint(file, expect_domain="videogen")
     cfg = ckpt.get("config") or {}
     if cfg.get("stage") not in ("vae", "backbone") or "model_size" not in cfg:
         raise CheckpointError(f"{file}: not a videogen-train checkpoint (no stage/model_size in its config)")

@@ -179,7 +179,7 @@ def load_vae(path: str | Path) -> tuple[VideoVAE, dict[str, Any]]:
         CheckpointError: not a videogen VAE checkpoint or weights that do not fit.
     """
     file = resolve_vae_checkpoint(path)
-    ckpt = load_checkpoint(file)
+    ckpt = load_checkpoint(file, expect_domain="videogen")
     c = ckpt.get("config") or {}
     if c.get("stage") != "vae" or "model_size" not in c:
         raise CheckpointError(f"{file}: not a videogen-train --stage vae checkpoint")
@@ -209,7 +209,7 @@ def with_vae_settings(cfg: VideoGenConfig) -> VideoGenConfig:
     config (saved with every checkpoint, so ``videogen-generate`` can rebuild the frozen VAE)."""
     if cfg.stage != "backbone" or cfg.vae is None:
         return cfg
-    c = load_checkpoint(resolve_vae_checkpoint(cfg.vae)).get("config") or {}
+    c = load_checkpoint(resolve_vae_checkpoint(cfg.vae), expect_domain="videogen").get("config") or {}
     if c.get("stage") != "vae":
         raise CheckpointError(f"--vae {cfg.vae}: not a videogen-train --stage vae checkpoint")
     lat = c.get("latent_channels") or model_size(c["model_size"]).vae.latent_channels
@@ -310,10 +310,10 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
 
     model = build_model(cfg)
     if cfg.weights and not cfg.resume and start_ckpt is None:
-        state = load_checkpoint(cfg.weights)["model"]
+        state = load_checkpoint(cfg.weights, expect_domain="videogen", flag="--weights")["model"]
         model.load_state_dict(state)
     if start_ckpt is not None:
-        ck = load_checkpoint(start_ckpt)
+        ck = load_checkpoint(start_ckpt, expect_domain="videogen")
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError as exc:
