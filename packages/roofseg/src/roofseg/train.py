@@ -171,7 +171,7 @@ def evaluate_test(cfg: RoofSegConfig, trainer: Trainer, step, test_samples) -> d
     if not ckpt_path.is_file():
         ckpt_path = trainer.run_dir / "checkpoints" / "last.pt"
     model = RoofNet(cfg.heads(), cfg.encoder, None, cfg.sectors)
-    model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+    model.load_state_dict(load_checkpoint(ckpt_path, expect_domain="roofseg")["model"])
     model = trainer.strategy.prepare_model(model)
     ds = RoofDataset(test_samples, cfg.heads(), cfg.eval_image_size(), train=False, sectors=cfg.sectors,
                      line_width=cfg.line_width)
