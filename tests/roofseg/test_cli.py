@@ -235,3 +235,31 @@ def test_untrained_heads_are_not_emitted(rid_root, tmp_path):
     assert not (tmp_path / "p" / "1011_lines.png").exists() and (tmp_path / "p" / "1011_segments.png").exists()
     kinds = {f["properties"]["kind"] for f in json.loads((tmp_path / "p" / "1011.geojson").read_text())["features"]}
     assert not kinds & {"roof_line", "junction"}
+
+
+def test_predict_reads_a_geotiff_and_writes_its_crs(outline_run, rid_root, tmp_path):
+    """A GeoTIFF tile in EPSG:25832 (0.14 m pixels): masks come back as GeoTIFF with the same transform
+    and CRS, the GeoJSON in lon/lat inside the tile, the GeoPackage next to it."""
+    import rasterio
+    from affine import Affine
+
+    from roofseg.geo import GeoRef, write_geotiff
+
+    rgb = np.asarray(Image.open(rid_root / "images" / "1011.png").convert("RGB"))
+    ref = GeoRef(Affine(0.14, 0, 705000.0, 0, -0.14, 5365000.0), "EPSG:25832")
+    write_geotiff(tmp_path / "ortho.tif", rgb.transpose(2, 0, 1), ref)
+    assert predict_main([str(tmp_path / "ortho.tif"), "--checkpoint", str(outline_run / "checkpoints/last.pt"),
+                         "--out", str(tmp_path / "p")]) == 0
+    with rasterio.open(tmp_path / "p" / "ortho_outline_mask.tif") as src:
+        assert src.crs.to_epsg() == 25832 and src.transform == ref.transform
+    lon0, lat0, lon1, lat1 = ref.lonlat_bounds((512, 512))
+    gj = json.loads((tmp_path / "p" / "ortho.geojson").read_text())
+    for f in gj["features"]:
+        g = shapely.geometry.shape(f["geometry"])
+        assert g.is_valid and lon0 - 1e-7 <= g.bounds[0] and g.bounds[2] <= lon1 + 1e-7
+        assert lat0 - 1e-7 <= g.bounds[1] and g.bounds[3] <= lat1 + 1e-7
+    import pyogrio
+
+    layers = {name for name, _ in pyogrio.list_layers(tmp_path / "p" / "ortho.gpkg")}
+    assert "roof_outline" in layers
+    assert pyogrio.read_info(tmp_path / "p" / "ortho.gpkg", layer="roof_outline")["crs"] == "EPSG:4326"
