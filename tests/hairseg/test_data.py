@@ -19,7 +19,10 @@ from hairseg.data import (
     HairSample,
     HairSegDataset,
     build_cache,
+    check_pair,
     find_samples,
+    letterbox,
+    letterbox_shape,
     load_image,
     load_mask,
     preprocess_image,
@@ -72,14 +75,16 @@ def test_figaro_real_layout_and_split(figaro_root: Path) -> None:
     everything = find_samples(figaro_root, "all")
     assert len(everything) == 840
     assert everything[0].image.name == "Frame00001-org.jpg" and everything[0].mask.name == "Frame00001-gt.pbm"
-    train, val = find_samples(figaro_root, "train"), find_samples(figaro_root, "val")
-    assert len(val) == round(0.15 * 840) and len(train) == 840 - len(val)
-    assert set(_names(train)).isdisjoint(_names(val))
-    assert sorted(_names(train) + _names(val)) == _names(everything)
+    # The sample has no Testing folder: test (reported only) and val (selection) are both carved from
+    # Training by the seed, three disjoint splits (issue 17: figures from data never used to choose them).
+    train, val, test = (find_samples(figaro_root, s) for s in ("train", "val", "test"))
+    assert len(val) == len(test) == round(0.15 * 840) and len(train) == 840 - 2 * len(val)
+    names = [set(_names(p)) for p in (train, val, test)]
+    assert names[0].isdisjoint(names[1]) and names[0].isdisjoint(names[2]) and names[1].isdisjoint(names[2])
+    assert sorted(_names(train) + _names(val) + _names(test)) == _names(everything)
     # --data may point at the dataset's own root (Figaro1k/) or at the folder that contains it.
     assert find_samples(figaro_root / "Figaro1k", "val") == val
-    with pytest.raises(DataError, match="no test split.*Testing"):
-        find_samples(figaro_root, "test")
+    assert find_samples(figaro_root, "test", seed=1) != test
 
 
 def test_lfw_real_layout_and_split(lfw_hair_root: Path) -> None:
@@ -245,7 +250,10 @@ def test_cache_is_reused_and_invalidated_by_stamp(tmp_path: Path, monkeypatch: p
     monkeypatch.undo()
     rebuilt, _ = build_cache(samples, 16, cache)
     np.testing.assert_array_equal(rebuilt[[0, 2]], first[[0, 2]])
-    assert np.abs(rebuilt[1].astype(int) - 200).max() <= 2  # JPEG of a flat grey image
+    h, w = letterbox_shape(25, 17, 16)  # aspect ratio kept: 16 x 11, padded with black (was squashed)
+    assert (h, w) == (16, 11)
+    assert np.abs(rebuilt[1][:h, :w].astype(int) - 200).max() <= 2  # JPEG of a flat grey image
+    assert (rebuilt[1][:, w:] == 0).all()
     assert not list(cache.glob("*.tmp.npy"))
 
 
@@ -318,3 +326,28 @@ def test_augmentation_draws_only_from_global_rng(tmp_path: Path) -> None:
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
         outputs.append(a["image"])
     assert any(not torch.equal(outputs[0], o) for o in outputs[1:])
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_bottom_right() -> None:
+    image = np.full((30, 60, 3), 120, np.uint8)
+    boxed = letterbox(image, 32)
+    assert boxed.shape == (32, 32, 3) and letterbox_shape(30, 60, 32) == (16, 32)
+    assert (boxed[:16] == 120).all() and (boxed[16:] == 0).all()
+    assert letterbox_shape(512, 385, 384) == (384, 289)
+    mask = letterbox(np.ones((60, 30), np.uint8), 32, resample=Image.Resampling.NEAREST)
+    assert mask.shape == (32, 32) and mask[:, :16].all() and not mask[:, 16:].any()
+
+
+def test_exif_orientation_is_applied_on_load(tmp_path: Path) -> None:
+    """A photo stored sideways (80 wide x 40 high) with EXIF orientation 6 loads upright at 40 x 80."""
+    stored = np.zeros((40, 80, 3), np.uint8)
+    stored[:, :10] = 255  # white band on the stored left edge -> the top after rotating 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "side.jpg", exif=exif.tobytes(), quality=95)
+    upright = load_image(tmp_path / "side.jpg")
+    assert upright.shape == (80, 40, 3)
+    assert upright[:8].mean() > 200 and upright[12:].mean() < 30
+    mask = np.zeros((80, 40), np.uint8)
+    Image.fromarray(mask).save(tmp_path / "side.png")
+    check_pair(HairSample(tmp_path / "side.jpg", tmp_path / "side.png", "side"))  # displayed sizes agree

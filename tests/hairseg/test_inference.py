@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from hairseg.data import find_samples, load_image, preprocess_image
+from hairseg.data import find_samples, letterbox_shape, load_image, preprocess_image
 from hairseg.export import export_onnx, export_torchscript, metadata_for
 from hairseg.inference import (
     ModelFormatError,
@@ -79,10 +78,12 @@ def test_detects_all_three_formats_and_they_agree(tiny, photo):
     for fmt in ("torchscript", "onnx"):
         assert np.abs(probs[fmt] - probs["checkpoint"]).max() < 1e-4, fmt
 
-    # Reference written out: eager model at 64 px, sigmoid, bilinear resize back to the photo's size.
+    # Reference written out: eager model on the 64 px letterbox, sigmoid, the photo's block cropped out and
+    # resized bilinearly back to the photo's size.
     model = build_model("mobilenet_v2", weights=tiny["checkpoint"]).eval()
+    h, w = letterbox_shape(*photo.shape[:2], SIZE)
     with torch.no_grad():
-        small = torch.sigmoid(model(preprocess_image(photo, SIZE)))[0, 0].numpy()
+        small = torch.sigmoid(model(preprocess_image(photo, SIZE)))[0, 0, :h, :w].numpy()
     ref = cv2.resize(small, (photo.shape[1], photo.shape[0]), interpolation=cv2.INTER_LINEAR)
     assert np.abs(probs["checkpoint"] - ref).max() < 1e-6
     assert 0.2 < (ref >= 0.5).mean() < 0.8  # the median shift made both classes present
@@ -138,20 +139,19 @@ def test_bad_files_raise_clear_errors(tmp_path, tiny):
     assert issubclass(ModelFormatError, ValueError)
 
 
-def test_segment_hair_shape_guard_band_and_feather(tiny, photo):
+def test_segment_hair_soft_alpha_guard_band(tiny, photo):
     predictor = load_predictor(tiny["onnx"])
     mask = segment_hair(photo, predictor, feather_px=2.0, guard_px=2)
     assert mask.shape == photo.shape[:2] and mask.dtype == np.uint8
     prob = predictor.predict_proba(photo)
-    np.testing.assert_array_equal(mask, postprocess_mask(prob, photo.shape[:2], feather_px=2.0, guard_px=2))
+    np.testing.assert_array_equal(mask, postprocess_mask(prob, photo.shape[:2], image=photo, feather_px=2.0,
+                                                         guard_px=2))
     binary = (prob >= 0.5).astype(np.uint8)
     guard = cv2.dilate(binary, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
     assert (mask[guard == 0] == 0).all()  # anti-bleed: nothing beyond the 2 px guard band
-    core = cv2.erode(binary, np.ones((2 * math.ceil(3 * 2.0) + 1,) * 2, np.uint8), borderType=cv2.BORDER_REPLICATE)
-    assert core.any() and (mask[core == 1] == 255).all()  # feather only near the edge
-    assert ((mask > 0) & (mask < 255)).any()  # and there is a feathered edge
-    hard = segment_hair(photo, predictor, feather_px=0.0, guard_px=0)
-    np.testing.assert_array_equal(hard, binary * 255)
+    assert ((mask > 0) & (mask < 255)).any()
+    raw = segment_hair(photo, predictor, feather_px=0.0, guard_px=0)  # the probability itself, not cut at 0.5
+    np.testing.assert_array_equal(raw, np.rint(prob * 255).astype(np.uint8))
 
 
 def test_segment_hair_accepts_any_predict_proba_object(photo):
@@ -161,10 +161,26 @@ def test_segment_hair_accepts_any_predict_proba_object(photo):
             prob[: image.shape[0] // 2] = 0.9
             return prob
 
-    mask = segment_hair(photo, Half(), feather_px=0.0)
-    assert (mask[: photo.shape[0] // 2] == 255).all() and (mask[photo.shape[0] // 2 :] == 0).all()
+    mask = segment_hair(photo, Half(), feather_px=0.0, guard_px=0)
+    assert (mask[: photo.shape[0] // 2] == 230).all() and (mask[photo.shape[0] // 2 :] == 0).all()
     with pytest.raises(ValueError, match=r"\(H, W, 3\) uint8"):
         segment_hair(photo.astype(np.float32), Half())
+
+
+def test_inference_keeps_the_aspect_ratio(tiny, photo):
+    """The network sees the photo letterboxed (long side S, padded with black), not squashed, and the
+    probability is the photo's block of the output cropped out and resized back."""
+    predictor = load_predictor(tiny["onnx"])
+    assert photo.shape[0] != photo.shape[1]
+    h, w = letterbox_shape(*photo.shape[:2], SIZE)
+    batch = predictor.preprocess(photo)
+    assert batch.shape == (1, 3, SIZE, SIZE)
+    pad = batch[0, :, h:, :] if h < SIZE else batch[0, :, :, w:]
+    mean, std = np.asarray(predictor.mean), np.asarray(predictor.std)
+    np.testing.assert_allclose(pad, np.broadcast_to((-mean / std)[:, None, None], pad.shape), rtol=1e-5)
+    logits = predictor.predict_logits(batch)[0, 0, :h, :w]
+    expected = cv2.resize(1 / (1 + np.exp(-logits)), photo.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    np.testing.assert_allclose(predictor.predict_proba(photo), expected, atol=1e-5)
 
 
 def test_segment_hair_by_path_is_cached(tiny, photo):
@@ -201,3 +217,54 @@ def test_default_model_from_env_and_registry(tiny, photo, tmp_path, monkeypatch)
     via_env = segment_hair(photo)
     assert via_registry.shape == via_env.shape == photo.shape[:2]
     assert (via_registry != via_env).mean() < 1e-3  # ONNX vs eager: equal up to rounding at the threshold
+
+
+def test_mediapipe_tflite_is_served_like_any_model(photo, mldata_root, tmp_path, monkeypatch):
+    """A MediaPipe Tasks model through load_predictor, segment_hair(model=...), $HAIRSEG_MODEL and a registry."""
+    tflite = mldata_root.parent / "models" / "selfie_segmentation.tflite"
+    if not tflite.is_file():
+        pytest.skip(f"{tflite} missing")
+    from hairseg.baseline import MediaPipeSegmenter
+
+    assert detect_format(tflite) == "mediapipe"
+    predictor = load_predictor(tflite)
+    assert isinstance(predictor, MediaPipeSegmenter) and isinstance(predictor, Predictor)
+    assert predictor.labels == ["selfie"] and predictor.hair_class is None  # no class labelled hair: the last
+    prob = predictor.predict_proba(photo)
+    assert prob.shape == photo.shape[:2] and 0.05 < (prob > 0.5).mean() < 0.95
+    by_model = segment_hair(photo, model=tflite)
+    np.testing.assert_array_equal(by_model, postprocess_mask(prob, photo.shape[:2], image=photo))
+    monkeypatch.delenv("HAIRSEG_REGISTRY", raising=False)
+    monkeypatch.setenv("HAIRSEG_MODEL", str(tflite))
+    np.testing.assert_array_equal(segment_hair(photo), by_model)
+    monkeypatch.delenv("HAIRSEG_MODEL")
+    registry = tmp_path / "model_registry.json"
+    append_entry(registry, {"version": "1.0", "base_model": "MediaPipe selfie_segmentation",
+                            "tflite_file": str(tflite)})
+    monkeypatch.setenv("HAIRSEG_REGISTRY", str(registry))
+    assert default_model_path() == tflite.resolve()
+    np.testing.assert_array_equal(segment_hair(photo), by_model)
+    with pytest.raises(ValueError, match="hair_class=1 is out of range.*1 class"):
+        load_predictor(tflite, hair_class=1)
+
+
+def test_legacy_four_channel_tflite_is_refused_in_one_line(mldata_root, tmp_path):
+    """MediaPipe's legacy hair_segmentation.tflite takes RGB + the previous mask (4 channels): refused."""
+    tflite = mldata_root.parent / "models" / "selfie_segmentation.tflite"
+    if not tflite.is_file():
+        pytest.skip(f"{tflite} missing")
+    import flatbuffers
+    from mediapipe.tasks.metadata import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite.read_bytes(), 0))
+    graph = model.subgraphs[0]
+    graph.tensors[graph.inputs[0]].shape = [1, 512, 512, 4]  # the legacy model's input
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    legacy = tmp_path / "hair_segmentation.tflite"
+    legacy.write_bytes(bytes(builder.Output()))
+    with pytest.raises(ValueError) as info:
+        load_predictor(legacy)
+    message = str(info.value)
+    assert "\n" not in message and "hair_segmentation.tflite" in message and "4" in message
+    assert "supported" in message and "hair_segmenter.tflite" in message

@@ -47,8 +47,14 @@ def test_train_then_eval(tmp_path, small_folder, capsys):
     assert summary["verdict"] in ("reject", "acceptable", "production")
     assert 0 <= summary["best"]["val_iou"]["value"] <= 1
     for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best_val_iou.pt",
-                 "val_examples.png"):
+                 "val_examples.png", "split.json"):
         assert (out / name).is_file(), name
+    split = json.loads((out / "split.json").read_text())
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (12, 2, 2)
+    assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
+    assert not set(split["train"]) & set(split["val"])
+    assert summary["test"]["n_images"] == 2 and 0 <= summary["test"]["iou"] <= 1  # reported, never selected on
+    assert summary["data"]["test"] == 2 and printed["test"]["checkpoint"] == "best_val_iou.pt"
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     val_rows = [r for r in rows if r["split"] == "val"]
     assert {"iou", "f1", "precision", "recall", "iou_per_image"} <= set(val_rows[0])
@@ -77,6 +83,34 @@ def test_defaults_are_the_seed_finetune():
             cfg.epochs, cfg.early_stopping_patience, cfg.monitor, cfg.clip_grad_norm, cfg.image_size,
             cfg.optimizer, cfg.precision) == (1e-4, 1e-5, 4, 4, 100, "cosine", 5, 3, "val_iou", 1.0, 384,
                                               "adamw", "auto")
+    # the one encoder whose ImageNet weights install with the workspace: a bare hairseg-train runs offline
+    assert (cfg.encoder, cfg.encoder_weights, cfg.pretrained) == ("efficientnet-lite0", "offline", True)
+
+
+def test_seed_preset_is_mobilenet_v2_with_hub_weights():
+    from mlcore.cli import load_preset
+
+    preset = load_preset("seed", "hairseg")
+    assert preset["encoder"] == "mobilenet_v2" and preset["encoder_weights"] == "imagenet"
+    defaults = HairSegConfig(data=".")
+    assert {k: v for k, v in preset.items() if getattr(defaults, k) != v} == {
+        "encoder": "mobilenet_v2", "encoder_weights": "imagenet"}
+
+
+def test_bare_command_trains_offline(tmp_path, small_folder):
+    """`hairseg-train` with no model flags needs no hub: the default preset's weights are installed."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "hairseg.train", "--data", str(small_folder), "--out",
+                          str(tmp_path / "r"), "--cache-dir", str(tmp_path / "c"), "--image-size", "64",
+                          "--max-steps", "1", "--accum-steps", "1", "--num-workers", "0", "--examples", "0"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    config = (tmp_path / "r" / "config.yaml").read_text()
+    assert "encoder: efficientnet-lite0" in config and "encoder_weights: offline" in config
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -130,6 +164,11 @@ def test_eval_errors(tmp_path, capsys):
     assert eval_main(["--data", str(tmp_path), "--model", "mediapipe"]) == 2
     assert "--mediapipe-model" in capsys.readouterr().err
     assert eval_main(["--data", "/nope", "--checkpoint", "x.pt"]) == 2
+    capsys.readouterr()
+    for bad in ("0", "-3"):  # issue 16: --limit 0 used to mean "no limit"
+        assert eval_main(["--data", str(tmp_path), "--checkpoint", "x.pt", "--limit", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--limit must be >= 1" in err[0] and "Traceback" not in err[0]
 
 
 def test_default_preset_equals_dataclass_defaults():

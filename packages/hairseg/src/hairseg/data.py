@@ -4,11 +4,13 @@ Layouts (``root`` may be the dataset's own folder or the folder that contains it
 
 - Figaro-1k (Svanera et al., "Figaro, hair detection and segmentation in the wild", ICIP 2016):
   ``Original/{Training,Testing}/FrameNNNNN-org.jpg`` + ``GT/{Training,Testing}/FrameNNNNN-gt.pbm``
-  (PBM, 1 = hair). ``val`` is carved out of ``Training`` by a seeded permutation, ``test`` is ``Testing``.
+  (PBM, 1 = hair). ``val`` is carved out of ``Training`` by a seeded permutation, ``test`` is ``Testing``
+  (carved from ``Training`` too when a copy has no ``Testing``).
 - Generic folder (e.g. ``lfw_hair``): ``images/NAME.jpg`` + ``masks/NAME.png`` (0 / 255);
   no official split, so train/val/test are carved by fractions.
 
-Images are resized to ``S x S`` (bilinear, antialiased; masks nearest) once and cached as uint8 ``.npy``
+Photos are loaded upright (EXIF orientation applied) and letterboxed to ``S x S`` (long side resized to S,
+aspect ratio kept, bilinear antialiased; masks nearest; padded bottom/right with 0) once and cached as uint8 ``.npy``
 arrays that later epochs read through ``np.load(mmap_mode="r")``, so only the first epoch decodes JPEG.
 """
 
@@ -18,13 +20,14 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
@@ -33,7 +36,7 @@ from mlcore.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".pbm", ".bmp", ".gif", ".tif", ".tiff")
-_CACHE_VERSION = "hairseg-cache-v1"  # bump when resizing/binarisation changes
+_CACHE_VERSION = "hairseg-cache-v2"  # bump when resizing/binarisation changes (v2: letterbox, EXIF)
 
 Split = Literal["train", "val", "test", "all"]
 
@@ -51,47 +54,79 @@ class HairSample:
     name: str
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to ``(H, W, 3) uint8`` RGB. Raises ``DataError`` when it cannot be read.
+def open_upright(im: Image.Image) -> Image.Image:
+    """``PIL.ImageOps.exif_transpose``: the image as displayed (EXIF orientation 2-8 applied, tag removed)."""
+    return ImageOps.exif_transpose(im)
 
-    EXIF orientation is deliberately not applied: masks are drawn on the stored pixel grid, and the
-    header size checked by :func:`find_samples` is the stored size.
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to ``(H, W, 3) uint8`` RGB, upright. Raises ``DataError`` when it cannot be read.
+
+    The EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``), so a phone photo stored sideways
+    with orientation 6 comes back at its displayed size and the right way up. Masks are loaded the same way
+    (:func:`load_mask`), and :func:`check_pair` compares the displayed sizes.
     """
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as err:
+            return np.asarray(open_upright(im).convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
 
 
 def load_mask(path: str | Path) -> np.ndarray:
-    """Decode a hair mask to ``(H, W) uint8`` in {0, 1} (1 = hair). Raises ``DataError`` when unreadable.
+    """Decode a hair mask to ``(H, W) uint8`` in {0, 1} (1 = hair), upright (EXIF orientation applied).
 
     Bilevel (PBM, mode ``1``) and palette masks: any value > 0 is hair. Greyscale/RGB masks (PNG 0/255):
     > 127 is hair, except masks whose maximum is 1 (already 0/1 class indices), where > 0 is hair.
+    Raises ``DataError`` when unreadable.
     """
     try:
         with Image.open(path) as im:
+            im = open_upright(im)
             if im.mode in ("1", "P"):
                 return (np.asarray(im) > 0).astype(np.uint8)
             arr = np.asarray(im.convert("L"))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot read mask {path}: {err}") from err
     return (arr > (0 if arr.max(initial=0) <= 1 else 127)).astype(np.uint8)
 
 
+def letterbox_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(h, w)`` of a ``height x width`` photo resized so its long side is ``size`` px (aspect ratio kept)."""
+    scale = size / max(height, width)
+    return max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))
+
+
+def letterbox(image: np.ndarray, size: int, *, resample: Image.Resampling = Image.Resampling.BILINEAR,
+              ) -> np.ndarray:
+    """Resize so the long side is ``size`` px (aspect ratio kept), then pad bottom/right with 0 to ``size x size``.
+
+    Args:
+        image: ``(H, W, 3)`` or ``(H, W)`` uint8.
+        size: S, px (a multiple of the network's stride, 32).
+        resample: PIL filter; BILINEAR (antialiased when downscaling) for photos, NEAREST for masks.
+
+    Returns:
+        ``(S, S, 3)`` / ``(S, S)`` uint8; the photo is in the top-left ``letterbox_shape(H, W, S)`` block.
+    """
+    h, w = letterbox_shape(image.shape[0], image.shape[1], size)
+    resized = np.asarray(Image.fromarray(image).resize((w, h), resample))
+    out = np.zeros((size, size, *image.shape[2:]), dtype=np.uint8)
+    out[:h, :w] = resized
+    return out
+
+
 def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
     # PIL's BILINEAR widens its filter support when downscaling, i.e. it is antialiased (unlike cv2.resize).
-    return np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    return letterbox(image, size)
 
 
 def _load_pair(sample: HairSample, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and resize one pair: ``(S, S, 3) uint8`` image, ``(S, S) uint8`` {0, 1} mask."""
+    """Decode and letterbox one pair: ``(S, S, 3) uint8`` image, ``(S, S) uint8`` {0, 1} mask (:func:`letterbox`)."""
     image, mask = load_image(sample.image), load_mask(sample.mask)
     if image.shape[:2] != mask.shape:
         raise DataError(_size_message(sample, mask.shape[::-1], image.shape[1::-1]))
-    mask = np.array(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
-    return _resize_image(image, size), mask
+    return _resize_image(image, size), letterbox(mask, size, resample=Image.Resampling.NEAREST)
 
 
 def _size_message(sample: HairSample, mask_wh: tuple[int, ...], image_wh: tuple[int, ...]) -> str:
@@ -110,7 +145,9 @@ def check_pair(sample: HairSample) -> None:
     for kind, path in (("image", sample.image), ("mask", sample.mask)):
         try:
             with Image.open(path) as im:
-                sizes.append(im.size)
+                # displayed size: EXIF orientations 5-8 swap width and height
+                orientation = im.getexif().get(0x0112, 1)
+                sizes.append(im.size[::-1] if orientation in (5, 6, 7, 8) else im.size)
         except (OSError, ValueError) as err:
             raise DataError(
                 f"cannot read {kind} {path} (pair: {sample.image}, {sample.mask}): {err}"
@@ -168,14 +205,15 @@ def find_samples(
 ) -> list[HairSample]:
     """List the image/mask pairs of one split, sorted by name.
 
-    Figaro-1k: ``val`` is ``round(val_fraction * n)`` samples of ``Training`` chosen by a permutation seeded
-    with ``seed``, ``train`` the rest, ``test`` the ``Testing`` folder (``test_fraction`` is unused).
+    Figaro-1k: ``test`` is the official ``Testing`` folder and ``val`` is ``round(val_fraction * n)`` samples of
+    ``Training`` chosen by a permutation seeded with ``seed``, ``train`` the rest. A copy without ``Testing``
+    (the 840-photo sample) carves ``test`` (``round(test_fraction * n)``) and then ``val`` from ``Training`` by
+    the same seeded permutation, so there are always three disjoint splits.
     Folder layout: ``test`` then ``val`` are carved from one seeded permutation by fractions, ``train`` is
     the rest. ``all`` is every sample found. The split depends only on file names, fractions and seed.
 
-    Raises ``DataError`` when no known layout is under ``root``, when the test split is asked for but the
-    dataset has none (Figaro sample without ``Testing``), or when a returned pair is missing, unreadable
-    or of mismatched size (checked from the file headers).
+    Raises ``DataError`` when no known layout is under ``root``, or when a returned pair is missing,
+    unreadable or of mismatched size (checked from the file headers).
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(
@@ -191,13 +229,13 @@ def find_samples(
             raise DataError(
                 f"no Figaro-1k training images in {base / 'Original' / 'Training'} (expected *-org.jpg)"
             )
-        if split == "test" and not testing:
-            raise DataError(
-                f"Figaro-1k at {base} has no test split: {base / 'Original' / 'Testing'} is missing or empty"
-            )
         n_val = round(val_fraction * len(training))
         perm = rng.permutation(len(training))
-        parts = {"val": perm[:n_val], "train": perm[n_val:]}
+        if testing:  # the official split: test = Testing, val carved from Training
+            parts = {"val": perm[:n_val], "train": perm[n_val:]}
+        else:  # a copy without Testing (e.g. the sample): test, then val, carved from Training by seed
+            n_test = round(test_fraction * len(training))
+            parts = {"test": perm[:n_test], "val": perm[n_test : n_test + n_val], "train": perm[n_test + n_val :]}
         if split in parts:
             chosen = [training[i] for i in sorted(parts[split])]
         else:
@@ -279,10 +317,10 @@ def build_cache(
     return np.load(paths[0], mmap_mode="r"), np.load(paths[1], mmap_mode="r")
 
 
-def _normalise() -> list[v2.Transform]:
+def _normalise(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> list[v2.Transform]:
     return [
         v2.ToDtype({tv_tensors.Image: torch.float32, tv_tensors.Mask: torch.float32}, scale=True),
-        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        v2.Normalize(list(mean), list(std)),
     ]
 
 
@@ -305,13 +343,19 @@ def train_transform() -> v2.Compose:
     )
 
 
-def eval_transform() -> v2.Compose:
-    """uint8 Image/Mask -> float32 ImageNet-normalised image and float32 {0, 1} mask; no randomness."""
-    return v2.Compose(_normalise())
+def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
+    """uint8 Image/Mask -> float32 normalised image (``mean``/``std``, default ImageNet's) and float32 {0, 1}
+    mask; no randomness."""
+    return v2.Compose(_normalise(mean, std))
 
 
-def preprocess_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """``(H, W, 3) uint8`` RGB -> ``(1, 3, S, S) float32`` ImageNet-normalised, resized exactly as the cache.
+def preprocess_image(image: np.ndarray, size: int, mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """``(H, W, 3) uint8`` RGB -> ``(1, 3, S, S) float32`` normalised, letterboxed exactly as the cache.
+
+    The photo is resized so its long side is S (aspect ratio kept) and padded bottom/right with black to
+    ``S x S`` (:func:`letterbox`); the photo occupies the top-left :func:`letterbox_shape` block. ``mean`` /
+    ``std`` (RGB, on 0..1) default to ImageNet's; pass the model's own (its data config / file metadata).
 
     Raises ``ValueError`` for any other shape or dtype.
     """
@@ -319,7 +363,7 @@ def preprocess_image(image: np.ndarray, size: int) -> torch.Tensor:
         got = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"preprocess_image expects an (H, W, 3) uint8 RGB array, got {got}")
     chw = tv_tensors.Image(torch.from_numpy(_resize_image(image, size)).permute(2, 0, 1))
-    return eval_transform()(chw).as_subclass(torch.Tensor).unsqueeze(0)
+    return eval_transform(mean, std)(chw).as_subclass(torch.Tensor).unsqueeze(0)
 
 
 class HairSegDataset(torch.utils.data.Dataset):

@@ -1,10 +1,12 @@
 """``hairseg-eval``: IoU/F1/precision/recall of a model on a split, at each photo's full resolution.
 
-``--checkpoint`` takes an mlcore checkpoint, a TorchScript or an ONNX file; ``--model mediapipe
+``--checkpoint`` takes an mlcore checkpoint, a TorchScript, an ONNX or a MediaPipe ``.tflite`` file; ``--model mediapipe
 --mediapipe-model FILE.tflite [--hair-class K]`` evaluates the zero-train MediaPipe baseline
 through the Tasks ``ImageSegmenter`` on the same photos, so the seed's decision (MediaPipe good
 enough, IoU >= 0.85, or finetune) is one command. The metrics are printed as one JSON object on
-the last line of stdout; ``--out DIR`` also writes ``eval_examples.png`` and ``per_image.csv``.
+the last line of stdout; ``--out DIR`` also writes ``eval_examples.png`` and ``per_image.csv``. Photos are
+loaded upright (EXIF) and predicted at their own aspect ratio (letterboxed, cropped back), scored at full
+resolution. The default split is ``test`` (reported only); ``val`` is the one used for selection.
 """
 
 from __future__ import annotations
@@ -78,14 +80,17 @@ def evaluate_predictor(predictor: Any, samples: Sequence[HairSample], *, out_dir
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="hairseg-eval", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", help="mlcore checkpoint (.pt), TorchScript (.pt) or ONNX (.onnx) file")
+    p.add_argument("--checkpoint", help="mlcore checkpoint (.pt), TorchScript (.pt), ONNX (.onnx) or MediaPipe "
+                   "Tasks (.tflite) file")
     p.add_argument("--model", choices=("checkpoint", "mediapipe"), default="checkpoint",
                    help="what to evaluate: --checkpoint, or the MediaPipe zero-train baseline")
     p.add_argument("--mediapipe-model", help="MediaPipe Tasks segmentation model (.tflite)")
     p.add_argument("--hair-class", type=int, default=None,
-                   help="confidence-mask index of hair (e.g. 1 for selfie_multiclass); default: the last mask")
+                   help="confidence-mask index of hair (e.g. 1 for selfie_multiclass); default: the class "
+                        "labelled hair, else the last mask")
     p.add_argument("--data", required=True, help="Figaro-1k root (or its parent), or a folder with images/ + masks/")
-    p.add_argument("--split", choices=("train", "val", "test", "all"), default="val")
+    p.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
+                   help="test is the reported split (never used for selection); val selects checkpoints")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="validation fraction (default: the checkpoint's, else 0.15)")
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the checkpoint's, else 0)")
@@ -101,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def run() -> int:
         args = parser.parse_args(argv)
+        if args.limit is not None and args.limit < 1:
+            raise ConfigError(f"--limit must be >= 1 photo (got {args.limit}); leave it out to evaluate the whole split")
         if not Path(args.data).exists():
             raise ConfigError(f"--data {args.data}: folder not found")
         split_cfg: dict[str, Any] = {}
@@ -116,9 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--checkpoint PATH is required (or --model mediapipe)")
             from hairseg.inference import load_predictor
 
-            predictor = load_predictor(args.checkpoint, device=args.device)
+            predictor = load_predictor(args.checkpoint, device=args.device, hair_class=args.hair_class)
             name = str(args.checkpoint)
-            if not str(args.checkpoint).endswith(".onnx"):
+            if not str(args.checkpoint).endswith((".onnx", ".tflite")):
                 try:
                     split_cfg = load_checkpoint(args.checkpoint, expect_domain="hairseg", flag="--checkpoint").get("config", {}) or {}
                 except CheckpointError:
@@ -127,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                val_fraction=args.val_fraction or split_cfg.get("val_fraction", 0.15),
                                test_fraction=split_cfg.get("test_fraction", 0.15),
                                seed=args.seed if args.seed is not None else split_cfg.get("seed", 0))
-        if args.limit:
+        if args.limit is not None:
             samples = samples[: args.limit]
         try:
             result = evaluate_predictor(predictor, samples, out_dir=Path(args.out) if args.out else None)

@@ -9,6 +9,8 @@ Formats (:func:`load_predictor` tells them apart by content, not only by name):
   (:class:`TorchScriptPredictor`).
 - ONNX (``*.onnx``) from ``hairseg-export``, run by ONNX Runtime's CPU execution provider
   (:class:`OnnxPredictor`).
+- MediaPipe Tasks image-segmentation model (``*.tflite``), run by ``ImageSegmenter``; its confidence mask of
+  the hair category is the probability (:class:`hairseg.baseline.MediaPipeSegmenter`).
 
 Where the input size S comes from: every exported file carries its own metadata, so a file copied alone
 still runs. The checkpoint has it in ``config["image_size"]``; the TorchScript archive in an extra file
@@ -17,8 +19,9 @@ metadata keys (:data:`METADATA_KEYS`) are ``image_size`` (px), ``mean``/``std`` 
 ``encoder`` and ``version``. ``image_size=`` overrides S for files without metadata.
 
 Every predictor maps an ``(H, W, 3) uint8`` RGB photo to an ``(H, W) float32`` hair probability: the photo
-is resized to ``S x S`` and ImageNet-normalised exactly as in training (:func:`hairseg.data.preprocess_image`),
-the network gives ``(1, 1, S, S)`` logits, then ``sigmoid`` and a bilinear resize back to ``(H, W)``.
+is letterboxed to ``S x S`` (long side S, aspect ratio kept, padded) and normalised with the file's mean/std
+exactly as in training (:func:`hairseg.data.preprocess_image`), the network gives ``(1, 1, S, S)`` logits, the
+photo's block is cropped out, then ``sigmoid`` and a bilinear resize back to ``(H, W)``.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import cv2
 import numpy as np
 import torch
 
-from hairseg.data import IMAGENET_MEAN, IMAGENET_STD, preprocess_image
+from hairseg.data import IMAGENET_MEAN, IMAGENET_STD, letterbox_shape, preprocess_image
 from hairseg.recolor import postprocess_mask
 
 METADATA_KEYS: tuple[str, ...] = ("image_size", "mean", "std", "encoder", "version")
@@ -47,8 +50,9 @@ TORCHSCRIPT_METADATA_FILE = "hairseg.json"
 """Name of the extra file inside a TorchScript archive that holds the metadata as JSON."""
 
 FORMATS_HELP = (
-    "an ONNX file (*.onnx), a TorchScript archive from hairseg-export, or an mlcore checkpoint "
-    "({'model': state_dict, 'config': {'encoder', 'image_size'}})"
+    "an ONNX file (*.onnx), a TorchScript archive from hairseg-export, an mlcore checkpoint "
+    "({'model': state_dict, 'config': {'encoder', 'image_size'}}) or a MediaPipe Tasks image-segmentation "
+    "model (*.tflite)"
 )
 
 ENV_MODEL = "HAIRSEG_MODEL"
@@ -103,14 +107,19 @@ def _first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
-def _check_stats(meta: Mapping[str, Any], path: Path) -> None:
-    for key, expected in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
+def _read_stats(meta: Mapping[str, Any], path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``mean``/``std`` (RGB, on 0..1) from a model's metadata; ImageNet's for files that carry none."""
+    out = []
+    for key, default in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
         value = meta.get(key)
-        if value is not None and not np.allclose(np.asarray(value, dtype=np.float64), expected, atol=1e-6):
-            raise ModelFormatError(
-                f"{path}: metadata {key}={list(value)} differs from the ImageNet {key} {list(expected)} "
-                "that hairseg's preprocessing applies"
-            )
+        if value is None:
+            out.append(tuple(default))
+            continue
+        arr = np.asarray(value, dtype=np.float64).ravel()
+        if arr.shape != (3,) or not np.isfinite(arr).all() or (key == "std" and (arr <= 0).any()):
+            raise ModelFormatError(f"{path}: metadata {key}={value!r} is not three finite numbers (RGB, on 0..1)")
+        out.append(tuple(float(v) for v in arr))
+    return out[0], out[1]
 
 
 class _ModelPredictor:
@@ -130,29 +139,39 @@ class _ModelPredictor:
         size = int(size)
         if size <= 0 or size % 32:
             raise ModelFormatError(f"{self.path}: image_size must be a positive multiple of 32 px, got {size}")
-        _check_stats(meta, self.path)
+        self.mean, self.std = _read_stats(meta, self.path)
         self.image_size = size
-        self.metadata = {**meta, "image_size": size}
+        self.metadata = {**meta, "image_size": size, "mean": list(self.mean), "std": list(self.std)}
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         """``(N, 3, S, S) float32`` ImageNet-normalised -> ``(N, 1, S, S) float32`` logits."""
         raise NotImplementedError
 
+    def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """``(H, W, 3) uint8`` RGB -> ``(1, 3, S, S) float32``: letterboxed (long side S, aspect kept, padded
+        bottom/right) and normalised with the model's own mean/std (:func:`hairseg.data.preprocess_image`)."""
+        return preprocess_image(image, self.image_size, self.mean, self.std).numpy()
+
     def predict_proba(self, image: np.ndarray) -> np.ndarray:
-        """Hair probability of one photo.
+        """Hair probability of one photo, computed at the photo's aspect ratio.
+
+        The photo is resized so its long side is S and padded to ``S x S`` (a multiple of the network's
+        stride, 32), the network's logits are cropped back to the photo's ``letterbox_shape`` block, and
+        ``sigmoid`` of that is resized bilinearly to ``(H, W)``: nothing is squashed.
 
         Args:
             image: ``(H, W, 3) uint8`` RGB photo, any size.
 
         Returns:
-            ``(H, W) float32`` in [0, 1]: ``sigmoid(logits)`` at ``S x S``, resized bilinearly to ``(H, W)``.
+            ``(H, W) float32`` in [0, 1].
 
         Raises:
             ValueError: ``image`` is not an ``(H, W, 3) uint8`` array.
         """
-        batch = preprocess_image(image, self.image_size).numpy()
-        prob = sigmoid(self.predict_logits(batch)[0, 0])
+        batch = self.preprocess(image)
         height, width = image.shape[:2]
+        h, w = letterbox_shape(height, width, self.image_size)
+        prob = sigmoid(self.predict_logits(batch)[0, 0, :h, :w])
         if (height, width) != prob.shape:
             prob = cv2.resize(prob, (width, height), interpolation=cv2.INTER_LINEAR)
         return np.clip(prob, 0.0, 1.0, out=prob)
@@ -200,7 +219,8 @@ class TorchPredictor(_ModelPredictor):
         encoder = config.get("encoder")
         if encoder not in ENCODERS:
             raise ModelFormatError(f"{self.path}: config['encoder'] must be one of {list(ENCODERS)}, got {encoder!r}")
-        self._set_size({"image_size": config.get("image_size"), "encoder": encoder}, image_size)
+        self._set_size({"image_size": config.get("image_size"), "encoder": encoder, "mean": config.get("mean"),
+                        "std": config.get("std")}, image_size)
         self.config = dict(config)
         self.checkpoint_info = {k: ckpt[k] for k in ("metric", "value", "metrics", "epoch", "step", "global_step")
                                 if k in ckpt}
@@ -332,7 +352,9 @@ class OnnxPredictor(_ModelPredictor):
                                    f"expected {FORMATS_HELP}") from exc
         meta = read_onnx_metadata(self.session)
         inp = self.session.get_inputs()[0]
-        self.input_name, self.output_name = inp.name, self.session.get_outputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        # hairseg-export writes "logits" and "mask" (probabilities); other files: their first output
+        self.input_name, self.output_name = inp.name, "logits" if "logits" in outputs else outputs[0]
         if "image_size" not in meta and len(inp.shape) == 4 and isinstance(inp.shape[2], int):
             meta["image_size"] = inp.shape[2]
         self._set_size(meta, image_size)
@@ -345,10 +367,12 @@ class OnnxPredictor(_ModelPredictor):
 
 
 def detect_format(path: str | Path) -> str:
-    """``"onnx"``, ``"torchscript"`` or ``"checkpoint"`` for a model file, by content where it can.
+    """``"onnx"``, ``"torchscript"``, ``"mediapipe"`` or ``"checkpoint"`` for a model file, by content where it can.
 
-    ``.onnx`` suffix -> ``"onnx"`` (an ONNX protobuf has no reliable magic bytes); a zip whose entries include ``<archive>/constants.pkl`` -> ``"torchscript"`` (a
-    ``torch.save`` zip has ``data.pkl`` but no ``constants.pkl``); anything else -> ``"checkpoint"``.
+    ``.onnx`` suffix -> ``"onnx"`` (an ONNX protobuf has no reliable magic bytes); a TFLite flatbuffer (file
+    identifier ``TFL3`` at bytes 4-8, or a ``.tflite`` suffix) -> ``"mediapipe"``; a zip whose entries include
+    ``<archive>/constants.pkl`` -> ``"torchscript"`` (a ``torch.save`` zip has ``data.pkl`` but no
+    ``constants.pkl``); anything else -> ``"checkpoint"``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (the message names it and the accepted formats).
@@ -358,6 +382,10 @@ def detect_format(path: str | Path) -> str:
         raise FileNotFoundError(f"model file not found: {path} (expected {FORMATS_HELP})")
     if path.suffix.lower() == ".onnx":
         return "onnx"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix.lower() == ".tflite" or head[4:8] == b"TFL3":
+        return "mediapipe"
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as archive:
             if any(n.endswith("/constants.pkl") or n == "constants.pkl" for n in archive.namelist()):
@@ -365,36 +393,54 @@ def detect_format(path: str | Path) -> str:
     return "checkpoint"
 
 
-_PREDICTORS: dict[str, type[_ModelPredictor]] = {
+def _mediapipe(path: str | Path, *, device: str = "cpu", image_size: int | None = None,
+               hair_class: int | None = None) -> Predictor:
+    from hairseg.baseline import MediaPipeSegmenter
+
+    del device, image_size  # MediaPipe runs on its own CPU delegate at the model's own input size
+    return MediaPipeSegmenter(path, hair_class=hair_class)
+
+
+_PREDICTORS: dict[str, Any] = {
     "onnx": OnnxPredictor,
     "torchscript": TorchScriptPredictor,
     "checkpoint": TorchPredictor,
+    "mediapipe": _mediapipe,
 }
 
 
-def load_predictor(model: str | Path, *, device: str = "cpu", image_size: int | None = None) -> Predictor:
+def load_predictor(model: str | Path, *, device: str = "cpu", image_size: int | None = None,
+                   hair_class: int | None = None) -> Predictor:
     """Load any supported model file as a :class:`Predictor` (see the module docstring for the formats).
 
     Args:
-        model: path of an ONNX file, a TorchScript archive or an mlcore checkpoint.
+        model: path of an ONNX file, a TorchScript archive, an mlcore checkpoint or a MediaPipe Tasks
+            image-segmentation model (``.tflite``, :class:`hairseg.baseline.MediaPipeSegmenter`).
         device: ``"cpu"`` (default) or a CUDA device.
         image_size: override of the input size S in px (for files without hairseg metadata).
+        hair_class: MediaPipe only: the category whose confidence mask is hair (default: the class labelled
+            hair in the model's metadata, else the last mask).
 
     Raises:
         FileNotFoundError: the file does not exist.
         ModelFormatError: (a ``ValueError``) the file is none of the accepted formats; the message names
             the file and the formats.
     """
-    return _PREDICTORS[detect_format(model)](model, device=device, image_size=image_size)
+    kind = detect_format(model)
+    if kind == "mediapipe":
+        return _mediapipe(model, hair_class=hair_class)
+    if hair_class is not None:
+        raise ModelFormatError(f"{model}: hair_class applies to MediaPipe .tflite models only")
+    return _PREDICTORS[kind](model, device=device, image_size=image_size)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(path: str, mtime_ns: int, size: int, device: str) -> Predictor:
-    return load_predictor(path, device=device)
+def _cached(path: str, mtime_ns: int, size: int, device: str, hair_class: int | None = None) -> Predictor:
+    return load_predictor(path, device=device, hair_class=hair_class)
 
 
-def cached_predictor(model: str | Path, *, device: str = "cpu") -> Predictor:
-    """:func:`load_predictor` memoised per (resolved path, device) — the plan's ``ModelCache``.
+def cached_predictor(model: str | Path, *, device: str = "cpu", hair_class: int | None = None) -> Predictor:
+    """:func:`load_predictor` memoised per (resolved path, device, hair class) — the plan's ``ModelCache``.
 
     The key includes the file's modification time and size, so a re-exported file is reloaded. At most
     8 predictors are kept (least recently used evicted). ``cached_predictor.cache_clear()`` empties it.
@@ -406,7 +452,7 @@ def cached_predictor(model: str | Path, *, device: str = "cpu") -> Predictor:
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path} (expected {FORMATS_HELP})")
     stat = path.stat()
-    return _cached(str(path), stat.st_mtime_ns, stat.st_size, device)
+    return _cached(str(path), stat.st_mtime_ns, stat.st_size, device, hair_class)
 
 
 cached_predictor.cache_clear = _cached.cache_clear  # type: ignore[attr-defined]
@@ -445,33 +491,44 @@ def default_model_path(fmt: str = "onnx") -> Path:
 def segment_hair(
     image: np.ndarray,
     predictor: Predictor | str | Path | None = None,
+    *,
+    model: str | Path | None = None,
+    hair_class: int | None = None,
     **postprocess: Any,
 ) -> np.ndarray:
     """Hair alpha mask of one photo (the plan's ``core/segmenter.segment_hair``).
 
     Args:
         image: ``(H, W, 3) uint8`` RGB photo.
-        predictor: a :class:`Predictor` (anything with ``predict_proba``, e.g. ``MediaPipeSegmenter``), a
-            model file path (loaded once through :func:`cached_predictor`), or ``None`` for
-            :func:`default_model_path` (``$HAIRSEG_MODEL`` or the newest ``$HAIRSEG_REGISTRY`` entry).
+        predictor: a :class:`Predictor` (anything with ``predict_proba``), a model file path (loaded once
+            through :func:`cached_predictor`: ONNX, TorchScript, checkpoint or a MediaPipe ``.tflite``), or
+            ``None`` for ``model`` / :func:`default_model_path` (``$HAIRSEG_MODEL`` or the newest
+            ``$HAIRSEG_REGISTRY`` entry).
+        model: a model file path (same as passing it as ``predictor``), e.g. ``model="hair_segmenter.tflite"``.
+        hair_class: MediaPipe models only: the category that is hair (default: the one labelled hair).
         **postprocess: keyword arguments of :func:`hairseg.recolor.postprocess_mask` (``threshold=0.5``,
-            ``feather_px=2.0`` px, ``guard_px=2`` px).
+            ``feather_px`` / ``guard_px`` in px, default relative to the photo's size); the photo is the
+            guided filter's guide.
 
     Returns:
-        ``(H, W) uint8`` alpha 0..255: thresholded probability, Gaussian-feathered edge, and 0 outside
-        the binary mask dilated by ``guard_px`` (anti-bleed).
+        ``(H, W) uint8`` alpha 0..255: the soft probability refined at the hair boundary by a guided filter,
+        0 beyond the anti-bleed guard band.
 
     Raises:
-        ValueError: ``image`` is not ``(H, W, 3) uint8``; bad post-processing parameters.
-        ModelNotConfiguredError: ``predictor`` is None and no model is configured.
+        ValueError: ``image`` is not ``(H, W, 3) uint8``; bad post-processing parameters; both ``predictor``
+            and ``model`` given.
+        ModelNotConfiguredError: no model given and none configured.
         FileNotFoundError, ModelFormatError: the model file is missing or of an unknown format.
     """
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         got = f"{image.shape} {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
         raise ValueError(f"segment_hair expects an (H, W, 3) uint8 RGB array, got {got}")
+    if predictor is not None and model is not None:
+        raise ValueError("segment_hair: pass either predictor or model=, not both")
+    predictor = predictor if predictor is not None else model
     if predictor is None:
         predictor = default_model_path()
     if isinstance(predictor, str | Path):
-        predictor = cached_predictor(predictor)
+        predictor = cached_predictor(predictor, hair_class=hair_class)
     prob = np.asarray(predictor.predict_proba(image), dtype=np.float32)
-    return postprocess_mask(prob, image.shape[:2], **postprocess)
+    return postprocess_mask(prob, image.shape[:2], image=image, **postprocess)

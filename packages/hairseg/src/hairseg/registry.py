@@ -10,7 +10,9 @@ Layout::
          "parity_max_abs_diff": {"torchscript": ..., "onnx": ...}, ...},
         {"version": "1.1", ...}]}
 
-The seed shows one object under ``"hair_segmenter"``; a list of every exported version is kept instead so
+A MediaPipe Tasks model is registered by an entry with ``"tflite_file"`` (and ``"hair_class"`` where the
+model's labels do not name hair) instead of ``file``/``onnx_file``. The seed shows one object under
+``"hair_segmenter"``; a list of every exported version is kept instead so
 that the rollout/rollback of its "Step 4" can go back to any earlier entry. The newest entry is the one
 with the highest version (compared as integer tuples: 1.10 > 1.9). Other top-level keys (other model
 families) are preserved. File names in entries are relative to the registry's folder.
@@ -109,15 +111,21 @@ def append_entry(path: str | Path, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_file(path: str | Path, entry: dict[str, Any], fmt: str = "onnx") -> Path:
-    """Absolute path of an entry's model: ``fmt="onnx"`` -> ``onnx_file``, ``"torchscript"`` -> ``file``.
+    """Absolute path of an entry's model: ``fmt="onnx"`` -> ``onnx_file``, ``"torchscript"`` -> ``file``,
+    ``"tflite"`` -> ``tflite_file`` (a MediaPipe Tasks image-segmentation model).
+
+    An entry that holds only a ``tflite_file`` (a registered MediaPipe model: the seed's zero-train route)
+    returns it whatever ``fmt`` asks for, so it is served like any exported model.
 
     Raises:
         RegistryError: unknown ``fmt`` or the entry has no such file.
     """
-    keys = {"onnx": "onnx_file", "torchscript": "file"}
+    keys = {"onnx": "onnx_file", "torchscript": "file", "tflite": "tflite_file"}
     if fmt not in keys:
         raise RegistryError(f"fmt: expected one of {list(keys)}, got {fmt!r}")
     name = entry.get(keys[fmt])
+    if not name and entry.get("tflite_file") and not entry.get("onnx_file") and not entry.get("file"):
+        name = entry["tflite_file"]
     if not name:
         raise RegistryError(f"model registry {path}: version {entry.get('version')} has no '{keys[fmt]}'")
     return (Path(path).expanduser().resolve().parent / name).resolve()

@@ -1,7 +1,11 @@
 """``hairseg-train``: finetune a U-Net on Figaro-1k (or an images/ + masks/ folder) with mlcore.
 
 Writes the mlcore run directory (config.yaml, metrics.jsonl, summary.json with the seed's IoU
-verdict, checkpoints/last.pt and best_val_iou.pt, TensorBoard) plus ``val_examples.png``.
+verdict, checkpoints/last.pt and best_val_iou.pt, TensorBoard) plus ``val_examples.png`` and
+``split.json`` (the photo names of train / val / test). Three splits: train, val (checkpoint
+selection, early stopping, preset tuning) and test (reported only: ``summary.json["test"]`` is the
+val-selected checkpoint scored on it at the training size; ``hairseg-eval --split test`` scores it at
+full resolution).
 """
 
 from __future__ import annotations
@@ -14,12 +18,13 @@ import torch
 
 import mlcore  # noqa: F401  (sets allocator environment variables before torch initialises a device)
 from hairseg.config import HairSegConfig
-from hairseg.data import DataError, HairSegDataset, find_samples
+from hairseg.data import DataError, HairSample, HairSegDataset, find_samples
 from hairseg.losses import BceDiceLoss
 from hairseg.metrics import HairSegMetrics, verdict
 from hairseg.models import build_model
 from mlcore import Trainer, make_loader
 from mlcore.cli import train_main
+from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
 
 log = logging.getLogger("hairseg.train")
@@ -45,7 +50,9 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     split = dict(val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed)
     train_samples = find_samples(cfg.data, "train", **split)
     val_samples = find_samples(cfg.data, "val", **split)
-    log.info("data %s: %d train, %d val samples", cfg.data, len(train_samples), len(val_samples))
+    test_samples = find_samples(cfg.data, "test", **split)
+    log.info("data %s: %d train, %d val, %d test samples", cfg.data, len(train_samples), len(val_samples),
+             len(test_samples))
     train_ds = HairSegDataset(train_samples, cfg.image_size, train=True, cache_dir=cfg.cache_dir)
     val_ds = HairSegDataset(val_samples, cfg.image_size, train=False, cache_dir=cfg.cache_dir)
     loader_kw = dict(num_workers=cfg.num_workers, seed=cfg.seed)
@@ -61,13 +68,21 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
             raise
         raise OSError(f"--encoder-weights {cfg.encoder_weights}: cannot download ImageNet weights for "
                       f"--encoder {cfg.encoder} (offline?); use --no-pretrained, --encoder efficientnet-lite0 "
-                      f"--encoder-weights offline (as --config cpu does) or --weights PATH") from exc
+                      f"--encoder-weights offline (the default; --config seed asks for the hub) or --weights PATH"
+                      ) from exc
     step = make_step(BceDiceLoss(pos_weight=cfg.pos_weight))
     trainer = Trainer(model, cfg, step, metrics=[HairSegMetrics()])
+    if trainer.logger.enabled:
+        write_json_atomic(trainer.run_dir / "split.json", split_record(cfg, train_samples, val_samples, test_samples))
     summary = trainer.fit(train_loader, val_loader)
     best = summary["best"].get("val_iou")
     summary["verdict"] = verdict(best["value"]) if best else None
-    summary["data"] = {"root": cfg.data, "train": len(train_samples), "val": len(val_samples)}
+    summary["data"] = {"root": cfg.data, "train": len(train_samples), "val": len(val_samples),
+                       "test": len(test_samples)}
+    if test_samples and trainer.logger.enabled:
+        summary["test"] = evaluate_test(cfg, trainer, step, test_samples)
+        log.info("test (%d photos, %s, reported only): %s", len(test_samples), summary["test"]["checkpoint"],
+                 {k: round(v, 4) for k, v in summary["test"].items() if isinstance(v, float)})
     trainer.logger.write_summary(summary)
     if cfg.examples and trainer.logger.enabled and len(val_ds):
         from hairseg.viz import save_examples
@@ -79,11 +94,42 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     return summary
 
 
+def split_record(cfg: HairSegConfig, train_s: list[HairSample], val_s: list[HairSample],
+                 test_s: list[HairSample]) -> dict[str, Any]:
+    """``split.json``: the photo names of each split and how they were drawn (seed, fractions, source)."""
+    from pathlib import Path
+
+    testing = any(s.image.parent.name == "Testing" for s in test_s)
+    return {"train": [s.name for s in train_s], "val": [s.name for s in val_s], "test": [s.name for s in test_s],
+            "seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+            "test_source": "Figaro-1k Testing folder (official)" if testing else "carved from the training photos by seed",
+            "data": str(Path(cfg.data).expanduser())}
+
+
+def evaluate_test(cfg: HairSegConfig, trainer: Trainer, step, test_samples: list[HairSample]) -> dict[str, Any]:
+    """The val-selected checkpoint (``best_val_iou.pt``, else ``last.pt``) on the test photos, at the training
+    size: the reported figure (never used for selection)."""
+    from mlcore.checkpoint import load_checkpoint
+    from mlcore.trainer import evaluate_model
+
+    ckpt_path = trainer.run_dir / "checkpoints" / f"best_{cfg.monitor}.pt"
+    if not ckpt_path.is_file():
+        ckpt_path = trainer.run_dir / "checkpoints" / "last.pt"
+    model = build_model(cfg.encoder)
+    model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+    model = trainer.strategy.prepare_model(model)
+    ds = HairSegDataset(test_samples, cfg.image_size, train=False, cache_dir=cfg.cache_dir)
+    loader = make_loader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
+    metrics = evaluate_model(model, loader, step, [HairSegMetrics()], trainer.strategy, desc="test")
+    return {"checkpoint": ckpt_path.name, "n_images": len(ds),
+            **{k: v for k, v in metrics.items() if not k.endswith("_per_image")}}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``hairseg-train`` (exit 0 ok, 2 bad flags, 1 bad data or weights unavailable)."""
     return train_main(HairSegConfig, train, argv, prog="hairseg-train", presets_package="hairseg",
                       description="Finetune a hair-segmentation U-Net (Figaro-1k) with mlcore.",
-                      summary_keys=("best", "verdict", "steps", "epochs", "samples_per_s", "wall_time_s"),
+                      summary_keys=("best", "test", "verdict", "steps", "epochs", "samples_per_s", "wall_time_s"),
                       user_errors=(DataError, OSError))
 
 
