@@ -71,7 +71,12 @@ def test_two_exports_make_two_registry_entries(tmp_path, checkpoint, figaro_root
         assert entry["size_mb"] == round((out / entry["file"]).stat().st_size / 1e6, 2) > 1.0
         assert entry["base_model"] == "Unet(mobilenet_v2)" and entry["dataset"] == "figaro1k"
         assert entry["image_size"] == SIZE and entry["torchscript_method"] == "script" and entry["opset"] == 17
-        assert entry["metrics"]["val_iou"] == 0.91 and entry["metrics"]["verdict"] == "production"
+        # metrics are measured at export (none here: the checkpoint's data folder does not exist), never
+        # copied from the checkpoint; the checkpoint's own val figures stay under "checkpoint"
+        assert entry["metrics"] is None
+        assert entry["checkpoint"]["metrics"]["val_iou"] == 0.91
+        assert entry["onnx_outputs"] == ["logits", "mask"]
+        assert entry["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
         assert set(entry["cpu_latency_ms"]) == {"eager", "torchscript", "onnx"}
         assert all(ms > 0 for ms in entry["cpu_latency_ms"].values())
         assert set(entry["parity_max_abs_diff"]) == {"torchscript", "onnx"}
@@ -92,15 +97,40 @@ def test_two_exports_make_two_registry_entries(tmp_path, checkpoint, figaro_root
     # The ONNX file has a dynamic batch axis and its metadata; batch 3 matches eager PyTorch.
     session = ort.InferenceSession(str(out / second["onnx_file"]), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]
-    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "mask"]
     meta = read_onnx_metadata(session)
     assert meta["image_size"] == SIZE and meta["version"] == "1.1" and meta["encoder"] == "mobilenet_v2"
     x = torch.randn(3, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    (got,) = session.run(None, {"image": x.numpy()})
+    got, prob = session.run(None, {"image": x.numpy()})
     model = build_model("mobilenet_v2", weights=checkpoint).eval()
     with torch.no_grad():
         ref = model(x).numpy()
     assert got.shape == (3, 1, SIZE, SIZE) and np.abs(got - ref).max() < 1e-4
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-got)), atol=1e-6)
+
+
+def test_int8_export_and_metrics_measured_on_the_test_split(tmp_path, checkpoint, figaro_root, capsys):
+    out = tmp_path / "models"
+    argv = ["--checkpoint", str(checkpoint), "--out", str(out), "--data", str(figaro_root), "--quantize",
+            "--calibration-images", "2", "--eval-limit", "2", *FAST]
+    assert export_main(argv) == 0
+    entry = _last_json(capsys)
+    assert (out / entry["onnx_int8_file"]).is_file() and entry["onnx_int8_file"].endswith(".int8.onnx")
+    assert set(entry["cpu_latency_ms"]) == {"eager", "torchscript", "onnx", "onnx_int8"}
+    metrics = entry["metrics"]
+    assert metrics["split"] == "test" and metrics["n_images"] == 2 and metrics["data"] == str(figaro_root)
+    test_names = {s.image for s in find_samples(figaro_root, "test")}
+    assert test_names.isdisjoint(s.image for s in find_samples(figaro_root, "train"))
+    for key in ("eager", "torchscript", "onnx", "onnx_int8"):
+        assert 0 <= metrics[key]["iou"] <= 1
+    assert abs(metrics["onnx"]["iou"] - metrics["eager"]["iou"]) < 1e-3
+    session = ort.InferenceSession(str(out / entry["onnx_int8_file"]), providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in __import__("onnx").load(str(out / entry["onnx_int8_file"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+    assert [o.name for o in session.get_outputs()] == ["logits", "mask"]
+    assert read_onnx_metadata(session)["image_size"] == SIZE
+    assert export_main([*argv[:4], "--eval-limit", "0"]) == 2
+    assert "--eval-limit" in _one_error_line(capsys, "hairseg-export")
 
 
 def test_explicit_version_custom_registry_and_duplicates(tmp_path, checkpoint, capsys):

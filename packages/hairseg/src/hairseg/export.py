@@ -1,21 +1,25 @@
-"""``hairseg-export``: checkpoint -> TorchScript + ONNX, parity check, CPU latency, registry entry.
+"""``hairseg-export``: checkpoint -> TorchScript + ONNX (+ int8 ONNX), parity, metrics on a split, latency, registry.
 
 The plan's "Integration Plan, Step 1" (TorchScript for the PyTorch backend, ONNX for cross-platform) and
 "Step 3" (``model_registry.json``)::
 
     hairseg-export --checkpoint runs/hairseg-cpu/checkpoints/best_val_iou.pt --out models \\
         [--name hair_segmenter] [--version X.Y] [--opset 17] [--registry models/model_registry.json] \\
-        [--sample-image PHOTO ... | --data FIGARO_ROOT]
+        [--sample-image PHOTO ...] [--data FIGARO_ROOT] [--eval-split test] [--quantize]
 
 writes ``models/hair_segmenter_vX.Y.pt`` (TorchScript, ``torch.jit.script``; ``torch.jit.trace`` only if
 scripting fails) and ``models/hair_segmenter_vX.Y.onnx`` (``torch.onnx.export(dynamo=False)``, input
-``image`` ``(N, 3, S, S)`` float32 ImageNet-normalised RGB, output ``logits`` ``(N, 1, S, S)``, dynamic batch
-axis). Both carry ``image_size``/``mean``/``std``/``encoder``/``version`` metadata (see
-:mod:`hairseg.inference`). Before anything is published, eager PyTorch, TorchScript and ONNX Runtime are run
-on the same input at batch 1 and 2 and the max abs logit difference must be <= ``--tolerance`` (1e-3);
-otherwise the command exits 1 and leaves no file behind. Then the median single-image CPU latency of each
-backend is measured, an entry is appended to the registry (versions auto-increment 1.0, 1.1, ... when
-``--version`` is not given; see :mod:`hairseg.registry`) and printed as JSON on the last line of stdout.
+``image`` ``(N, 3, S, S)`` float32 normalised RGB, outputs ``logits`` and ``mask`` = ``sigmoid(logits)`` (the
+seed's interface), ``(N, 1, S, S)``, dynamic batch axis); with ``--quantize`` also
+``hair_segmenter_vX.Y.int8.onnx`` (ONNX Runtime static int8, QDQ, calibrated on training photos). The files
+carry ``image_size``/``mean``/``std``/``encoder``/``version`` metadata (see :mod:`hairseg.inference`). Before
+anything is published, eager PyTorch, TorchScript and ONNX Runtime are run on the same input at batch 1 and
+2 and the max abs logit difference must be <= ``--tolerance`` (1e-3); otherwise the command exits 1 and
+leaves no file behind. Then the median single-image CPU latency of each backend is measured, the metrics
+of each backend are measured at full resolution on ``--eval-split`` (default ``test``, never used for
+selection) of ``--data`` (default the checkpoint's training data), an entry is appended to the registry
+(versions auto-increment 1.0, 1.1, ... when ``--version`` is not given; see :mod:`hairseg.registry`) and
+printed as JSON on the last line of stdout.
 """
 
 from __future__ import annotations
@@ -65,10 +69,12 @@ class ExportError(RuntimeError):
     """Export failed a check (parity above tolerance) or would overwrite an existing file."""
 
 
-def metadata_for(encoder: str, image_size: int, version: str) -> dict[str, Any]:
-    """The metadata stored in both exported files: S (px), ImageNet mean/std (RGB), encoder, version."""
-    return {"image_size": int(image_size), "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "encoder": encoder, "version": version}
+def metadata_for(encoder: str, image_size: int, version: str, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
+    """The metadata stored in the exported files: S (px), the model's mean/std (RGB on 0..1, what it was trained
+    with: its checkpoint config's, else ImageNet's), encoder, version, and the letterbox preprocessing."""
+    return {"image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+            "encoder": encoder, "version": version, "resize": "letterbox"}
 
 
 def export_torchscript(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any],
@@ -90,9 +96,23 @@ def export_torchscript(model: torch.nn.Module, path: str | Path, metadata: dict[
     return method
 
 
+class LogitsAndMask(torch.nn.Module):
+    """``x -> (logits, sigmoid(logits))``: the seed's interface (output ``mask`` = hair probability) beside
+    the logits that parity checks and the predictors use."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return logits, torch.sigmoid(logits)
+
+
 def export_onnx(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any], example: torch.Tensor,
                 opset: int = 17) -> None:
-    """Export ``model`` to ONNX at ``path``: input ``image`` ``(N, 3, S, S)``, output ``logits``, dynamic ``N``.
+    """Export ``model`` to ONNX at ``path``: input ``image`` ``(N, 3, S, S)``, outputs ``logits`` and ``mask``
+    (``sigmoid(logits)``, the hair probability; both ``(N, 1, S, S)``), dynamic ``N``.
 
     Uses the TorchScript-based exporter (``dynamo=False``; ``models.py`` checks it for every encoder) and
     writes ``metadata`` into ``metadata_props`` (values JSON-encoded).
@@ -108,9 +128,9 @@ def export_onnx(model: torch.nn.Module, path: str | Path, metadata: dict[str, An
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
         torch.onnx.export(
-            model.eval(), (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=["image"], output_names=["logits"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            LogitsAndMask(model).eval(), (example,), str(path), dynamo=False, opset_version=opset,
+            input_names=["image"], output_names=["logits", "mask"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "mask": {0: "batch"}},
         )
     proto = onnx.load(str(path))
     del proto.metadata_props[:]
@@ -162,6 +182,92 @@ def median_latency_ms(fn: Callable[[], Any], warmup: int = 3, runs: int = 10) ->
     return statistics.median(times)
 
 
+def calibration_inputs(data: str | Path, image_size: int, *, n: int = 32, seed: int = 0,
+                       val_fraction: float = 0.15, test_fraction: float = 0.15,
+                       mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
+    """``(n, 3, S, S) float32``: ``n`` training photos (evenly spaced over the train split, never val/test),
+    letterboxed and normalised as at inference; the calibration set of :func:`quantize_onnx`.
+
+    Raises:
+        DataError: no dataset at ``data``.
+    """
+    samples = find_samples(data, "train", val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if not samples:
+        raise DataError(f"{data}: no training photos to calibrate the int8 model on")
+    pick = np.linspace(0, len(samples) - 1, num=min(n, len(samples)), dtype=int)
+    return np.concatenate([preprocess_image(load_image(samples[i].image), image_size, mean, std).numpy()
+                           for i in pick])
+
+
+def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray, *,
+                  per_channel: bool = True) -> None:
+    """Static int8 quantisation of an exported ONNX model with ONNX Runtime (QDQ format).
+
+    ``onnxruntime.quantization.quant_pre_process`` (shape inference + graph optimisation), then
+    ``quantize_static`` with ``QuantFormat.QDQ``, uint8 activations and int8 weights (per output channel
+    when ``per_channel``), activation ranges calibrated by MinMax on ``calibration`` (``(N, 3, S, S)``,
+    normalised training photos, fed one at a time). The ``mask`` output (``Sigmoid``) is left in float.
+    The metadata props of ``fp32_path`` are copied over.
+
+    Raises:
+        ValueError: ``calibration`` is not a non-empty ``(N, 3, S, S)`` array.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if calibration.ndim != 4 or calibration.shape[1] != 3 or len(calibration) == 0:
+        raise ValueError(f"calibration: expected (N, 3, S, S) float32, got {calibration.shape}")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": calibration[i : i + 1].astype(np.float32)} for i in range(len(calibration))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
+    pre = int8_path.with_name(f".{int8_path.stem}.{os.getpid()}.pre.onnx")
+    try:
+        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        sigmoid_nodes = [n.name for n in onnx.load(str(pre)).graph.node if n.op_type == "Sigmoid"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(str(pre), str(int8_path), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                            nodes_to_exclude=sigmoid_nodes)
+    finally:
+        pre.unlink(missing_ok=True)
+    source, target = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
+    del target.metadata_props[:]
+    for prop in source.metadata_props:
+        entry = target.metadata_props.add()
+        entry.key, entry.value = prop.key, prop.value
+    onnx.save(target, str(int8_path))
+
+
+def measure_split(predictors: dict[str, Any], data: str | Path, split: str, *, seed: int = 0,
+                  val_fraction: float = 0.15, test_fraction: float = 0.15, limit: int | None = None,
+                  ) -> dict[str, Any]:
+    """Pooled IoU/F1/precision/recall of each predictor on one split at full photo resolution
+    (:func:`hairseg.eval.evaluate_predictor`): the metrics a registry entry carries, measured at export.
+
+    Returns:
+        ``{"split", "data", "n_images", "seed", "<backend>": {"iou", "f1", "precision", "recall", "verdict"}}``.
+    """
+    from hairseg.eval import evaluate_predictor
+
+    samples = find_samples(data, split, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
+    if limit is not None:
+        samples = samples[:limit]
+    out: dict[str, Any] = {"split": split, "data": str(data), "n_images": len(samples), "seed": seed}
+    for key, predictor in predictors.items():
+        result = evaluate_predictor(predictor, samples)
+        out[key] = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()
+                    if k in ("iou", "f1", "precision", "recall", "verdict")}
+    return out
+
+
 def _size_mb(path: Path) -> float:
     return round(path.stat().st_size / 1e6, 2)  # MB = 10^6 bytes
 
@@ -188,38 +294,58 @@ def export_model(
     tolerance: float = PARITY_TOLERANCE,
     warmup: int = 3,
     runs: int = 10,
+    quantize: bool = False,
+    calibration_images: int = 32,
+    eval_split: str = "test",
+    eval_limit: int | None = None,
 ) -> dict[str, Any]:
     """Export ``checkpoint`` and register it; returns the registry entry (see the module docstring).
+
+    Args:
+        data: the dataset the metrics are measured on and the int8 model is calibrated on; default the
+            checkpoint's training data (``config["data"]``) when that folder exists. Without a dataset the
+            entry's ``metrics`` is ``None`` (nothing measured, nothing copied).
+        quantize: also write ``NAME_vX.Y.int8.onnx`` (:func:`quantize_onnx`, calibrated on
+            ``calibration_images`` training photos) and measure it beside the float models.
+        eval_split: the split the metrics are measured on (``test``: never used for selection).
+        eval_limit: score only the first N photos of the split.
 
     Raises:
         FileNotFoundError: missing checkpoint or sample image.
         ModelFormatError: the checkpoint is not an mlcore hairseg checkpoint.
         RegistryError: malformed registry, bad or duplicate ``version``.
         ExportError: parity above ``tolerance``, or an output file already exists.
-        DataError: unreadable sample image / dataset.
+        DataError: unreadable sample image / dataset, or ``quantize`` without a dataset.
     """
     checkpoint, out = Path(checkpoint), Path(out)
     registry = Path(registry) if registry is not None else out / REGISTRY_FILE
     eager = TorchPredictor(checkpoint)
     size, encoder = eager.image_size, eager.config["encoder"]
+    split_kw = {k: eager.config[k] for k in ("seed", "val_fraction", "test_fraction") if k in eager.config}
+    if data is None and eager.config.get("data") and Path(eager.config["data"]).expanduser().is_dir():
+        data = Path(eager.config["data"]).expanduser()
+    if quantize and data is None:
+        raise DataError("--quantize needs training photos to calibrate on: pass --data DATASET")
     version = version or next_version(list_entries(registry))
     parse_version(version)
     if any(e["version"] == version for e in list_entries(registry)):
         raise RegistryError(f"model registry {registry}: version {version} already exists; pick another --version")
     ts_path, onnx_path = out / f"{name}_v{version}.pt", out / f"{name}_v{version}.onnx"
-    for path in (ts_path, onnx_path):
+    int8_path = out / f"{name}_v{version}.int8.onnx"
+    for path in (ts_path, onnx_path, *([int8_path] if quantize else [])):
         if path.exists():
             raise ExportError(f"{path} already exists; pick another --version or remove it")
     out.mkdir(parents=True, exist_ok=True)
 
     inputs, source = parity_inputs(size, sample_images, data)
-    meta = metadata_for(encoder, size, version)
-    tmp_ts, tmp_onnx = out / f".{ts_path.name}.{os.getpid()}.tmp", out / f".{onnx_path.name}.{os.getpid()}.tmp"
+    meta = metadata_for(encoder, size, version, eager.mean, eager.std)
+    tmp = {k: out / f".{p.name}.{os.getpid()}.tmp" for k, p in (("ts", ts_path), ("onnx", onnx_path),
+                                                                  ("int8", int8_path))}
     try:
-        method = export_torchscript(eager.model, tmp_ts, meta, torch.from_numpy(inputs[:1]))
-        export_onnx(eager.model, tmp_onnx, meta, torch.from_numpy(inputs[:1]), opset)
-        scripted, onnx_model = TorchScriptPredictor(tmp_ts), OnnxPredictor(tmp_onnx)
-        backends = {"eager": eager, "torchscript": scripted, "onnx": onnx_model}
+        method = export_torchscript(eager.model, tmp["ts"], meta, torch.from_numpy(inputs[:1]))
+        export_onnx(eager.model, tmp["onnx"], meta, torch.from_numpy(inputs[:1]), opset)
+        scripted, onnx_model = TorchScriptPredictor(tmp["ts"]), OnnxPredictor(tmp["onnx"])
+        backends: dict[str, Any] = {"eager": eager, "torchscript": scripted, "onnx": onnx_model}
 
         parity: dict[str, float] = {}
         for batch in (inputs[:1], inputs[:2]):
@@ -235,37 +361,60 @@ def export_model(
         if bad:
             raise ExportError("parity check failed: max abs logit difference vs eager PyTorch "
                               + ", ".join(f"{k} {v:.3g}" for k, v in bad.items()) + f" > tolerance {tolerance:g}")
+        if quantize:
+            calib = calibration_inputs(data, size, n=calibration_images, mean=eager.mean, std=eager.std, **split_kw)
+            quantize_onnx(tmp["onnx"], tmp["int8"], calib)
+            backends["onnx_int8"] = OnnxPredictor(tmp["int8"])
 
         single = inputs[:1]
         latency = {k: round(median_latency_ms(lambda p=p: p.predict_logits(single), warmup, runs), 2)
                    for k, p in backends.items()}
         log.info("CPU latency at %d px, median of %d runs (ms): %s", size, runs, latency)
-        os.replace(tmp_ts, ts_path)
-        os.replace(tmp_onnx, onnx_path)
+        metrics = None
+        if data is not None:
+            metrics = measure_split(backends if quantize else {"eager": eager, "onnx": onnx_model}, data, eval_split,
+                                    limit=eval_limit, **split_kw)
+            log.info("metrics on %s (%d photos): %s", eval_split, metrics["n_images"],
+                     {k: v["iou"] for k, v in metrics.items() if isinstance(v, dict)})
+        os.replace(tmp["ts"], ts_path)
+        os.replace(tmp["onnx"], onnx_path)
+        if quantize:
+            os.replace(tmp["int8"], int8_path)
     finally:
-        tmp_ts.unlink(missing_ok=True)
-        tmp_onnx.unlink(missing_ok=True)
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
 
     data_path = eager.config.get("data")
     info = eager.checkpoint_info
+    rel = lambda path: os.path.relpath(path.resolve(), registry.resolve().parent)  # noqa: E731
     entry = {
         "version": version,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "base_model": f"Unet({encoder})",
         "dataset": Path(data_path).name.lower() if data_path else None,
-        "metrics": _checkpoint_metrics(info),
-        "file": os.path.relpath(ts_path.resolve(), registry.resolve().parent),
-        "onnx_file": os.path.relpath(onnx_path.resolve(), registry.resolve().parent),
+        "metrics": metrics,
+        "file": rel(ts_path),
+        "onnx_file": rel(onnx_path),
+        **({"onnx_int8_file": rel(int8_path), "onnx_int8_size_mb": _size_mb(int8_path),
+            "int8": {"format": "QDQ", "activations": "uint8", "weights": "int8 per channel", "calibration":
+                     f"{min(calibration_images, len(find_samples(data, 'train', **split_kw)))} training photos "
+                     "(MinMax)"}} if quantize else {}),
+        "onnx_outputs": ["logits", "mask"],
         "size_mb": _size_mb(ts_path),
         "onnx_size_mb": _size_mb(onnx_path),
         "cpu_latency_ms": latency,
         "image_size": size,
+        "preprocessing": {"resize": "long side to image_size (bilinear, antialiased), aspect ratio kept",
+                          "pad": "bottom/right with black to image_size x image_size; crop the output back",
+                          "mean": list(eager.mean), "std": list(eager.std), "input": "RGB in [0, 1]"},
         "parity_max_abs_diff": parity,
         "parity_input": source,
         "torchscript_method": method,
         "opset": opset,
-        "checkpoint": {"path": str(checkpoint.resolve()), "epoch": info.get("epoch"), "step": info.get("step", info.get("global_step")),
-                       "monitor": {info["metric"]: info.get("value")} if "metric" in info else None},
+        "checkpoint": {"path": str(checkpoint.resolve()), "epoch": info.get("epoch"),
+                       "step": info.get("step", info.get("global_step")),
+                       "monitor": {info["metric"]: info.get("value")} if "metric" in info else None,
+                       "metrics": _checkpoint_metrics(info)},
         "cpu_threads": torch.get_num_threads(),
     }
     append_entry(registry, entry)
@@ -284,7 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13)")
     p.add_argument("--registry", type=Path, default=None, help="model_registry.json (default: OUT/model_registry.json)")
     p.add_argument("--sample-image", nargs="+", default=(), metavar="IMAGE", help="photo(s) for the parity check")
-    p.add_argument("--data", default=None, help="dataset root whose first two photos are the parity input")
+    p.add_argument("--data", default=None,
+                   help="dataset for the metrics measured at export (and int8 calibration; its first two photos are "
+                        "the parity input); default: the checkpoint's training data when present")
+    p.add_argument("--eval-split", default="test", choices=("train", "val", "test", "all"),
+                   help="split the registry metrics are measured on")
+    p.add_argument("--eval-limit", type=int, default=None, help="measure on the first N photos of the split only")
+    p.add_argument("--quantize", action="store_true",
+                   help="also write NAME_vX.Y.int8.onnx: ONNX Runtime static int8 (QDQ) calibrated on training photos")
+    p.add_argument("--calibration-images", type=int, default=32, help="training photos used to calibrate --quantize")
     p.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="max abs logit diff allowed")
     p.add_argument("--warmup", type=int, default=3, help="untimed latency runs")
     p.add_argument("--runs", type=int, default=10, help="timed latency runs (median reported)")
@@ -306,9 +463,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parse_version(args.version)
             except RegistryError as exc:
                 raise ConfigError(f"--version: {exc}") from exc
+        if args.eval_limit is not None and args.eval_limit < 1:
+            raise ConfigError(f"--eval-limit must be >= 1 (got {args.eval_limit})")
+        if args.calibration_images < 1:
+            raise ConfigError(f"--calibration-images must be >= 1 (got {args.calibration_images})")
         entry = export_model(args.checkpoint, args.out, name=args.name, version=args.version, opset=args.opset,
                              registry=args.registry, sample_images=args.sample_image, data=args.data,
-                             tolerance=args.tolerance, warmup=args.warmup, runs=args.runs)
+                             tolerance=args.tolerance, warmup=args.warmup, runs=args.runs, quantize=args.quantize,
+                             calibration_images=args.calibration_images, eval_split=args.eval_split,
+                             eval_limit=args.eval_limit)
         print(json.dumps(entry))
         return 0
 
