@@ -116,7 +116,7 @@ def evaluate_test(cfg: HairSegConfig, trainer: Trainer, step, test_samples: list
     if not ckpt_path.is_file():
         ckpt_path = trainer.run_dir / "checkpoints" / "last.pt"
     model = build_model(cfg.encoder)
-    model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+    model.load_state_dict(load_checkpoint(ckpt_path, expect_domain="hairseg")["model"])
     model = trainer.strategy.prepare_model(model)
     ds = HairSegDataset(test_samples, cfg.image_size, train=False, cache_dir=cfg.cache_dir)
     loader = make_loader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
