@@ -133,3 +133,72 @@ def test_val_split_auto_and_named(videos_root, probe_cache):
     assert [c.name for c in val] == ["bikes.mp4"]
     with pytest.raises(DataError, match="--val-clips"):
         index.split("nope.mp4")
+
+
+def _cut(src, dst, fraction=0.5):
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def _moov_at_end(src, dst):
+    """Remux (stream copy) with PyAV's default mp4 muxer, which writes the index (moov) after the data."""
+    with av.open(str(src)) as i, av.open(str(dst), "w") as o:
+        s = o.add_stream_from_template(i.streams.video[0])
+        for pk in i.demux(i.streams.video[0]):
+            if pk.dts is not None:
+                pk.stream = s
+                o.mux(pk)
+    data = dst.read_bytes()
+    assert data.find(b"moov") > data.find(b"mdat")  # really the other index position
+    return dst
+
+
+@pytest.fixture(scope="module")
+def bad_clips(videos_root, tmp_path_factory):
+    """fire2.mp4 cut in half with its index at the front (as shipped: faststart) and at the end, and a
+    zero-byte file."""
+    d = tmp_path_factory.mktemp("bad")
+    fire = videos_root / "clips" / "fire2.mp4"
+    assert 0 <= fire.read_bytes().find(b"moov") < fire.read_bytes().find(b"mdat")  # faststart
+    return {"front": _cut(fire, d / "front.mp4"), "end": _cut(_moov_at_end(fire, d / "full_end.mp4"), d / "end.mp4"),
+            "zero": _cut(fire, d / "zero.mp4", 0.0), "dir": d}
+
+
+@pytest.mark.parametrize("kind", ["front", "end", "zero"])
+def test_truncated_and_empty_clips_are_unreadable_at_probe(bad_clips, kind):
+    with pytest.raises(DataError) as err:
+        probe_clip(bad_clips[kind])
+    msg = str(err.value)
+    assert str(bad_clips[kind]) in msg and "\n" not in msg
+    if kind == "front":  # the index still promises 2.38 s: the message says where the data ends
+        assert "truncated" in msg and "2.38 s" in msg
+    if kind == "zero":
+        assert "0 bytes" in msg
+
+
+def test_a_truncated_clip_that_got_past_the_probe_fails_at_decode_and_is_skipped(bad_clips, videos_root):
+    """Before: 2 real frames then the last good frame repeated 14 times, silently. Now a decode that
+    stops before the needed times is an error, and the dataset skips the clip into its BadSampleLog."""
+    from videogen.data import _decode_times
+
+    with pytest.raises(DataError, match="truncated or corrupt: decoding stopped"):
+        _decode_times(bad_clips["front"], np.array([0.1, 0.5, 1.0, 1.5]))
+    # the probe of the complete file, as a stale cache would hold it
+    info = ClipInfo("front.mp4", "cut", 2.38, 10.505, 1280, 720, 25)
+    good = ClipInfo("clips/fire2.mp4", "ok", 2.38, 10.505, 1280, 720, 25)
+    root = bad_clips["dir"]
+    (root / "clips").mkdir(exist_ok=True)
+    shutil.copy(videos_root / "clips" / "fire2.mp4", root / "clips" / "fire2.mp4")
+    ds = VideoClipDataset(root, [info, good], num_frames=8, size=16, fps=4.0, train=False)
+    item = ds[0]
+    assert item["caption"] == "ok" and ds.bad_log.paths() == ["front.mp4"]
+    assert "truncated" in ds.bad_log.entries()["front.mp4"]
+
+
+def test_complete_clips_still_decode_to_the_end(videos_root):
+    for name in ("fire2.mp4", "bikes.mp4"):
+        path = videos_root / "clips" / name
+        info = probe_clip(path)
+        clip = read_clip(path, 8, fps=None, stride=1, start=info["duration"], info=info)  # the last frames
+        assert clip.shape[0] == 8

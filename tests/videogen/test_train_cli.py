@@ -16,7 +16,8 @@ from videogen.predict import generate_main, reconstruct_main
 from videogen.train import main as train_main
 
 COMMON = ["--model-size", "tiny", "--image-size", "32", "--num-frames", "8", "--fps", "8",
-          "--num-workers", "0", "--torch-threads", "1", "--val-windows", "1", "--precision", "fp32"]
+          "--num-workers", "0", "--torch-threads", "1", "--val-windows", "1", "--precision", "fp32",
+          "--stats-windows", "4"]
 
 
 def _last_json(out: str) -> dict:
@@ -45,6 +46,17 @@ def test_phase_one_writes_the_run_directory_contract(vae_run):
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r["split"] == "val"]
     assert val and {"psnr", "psnr_trilinear", "psnr_gain"} <= set(val[-1])
+    # the loss terms, every update and on validation, as numbers (they used to be overwritten)
+    updates = [r for r in rows if r["split"] == "train_update"]
+    assert [r["step"] for r in updates] == [1]
+    for r in (*updates, val[-1]):
+        assert isinstance(r["recon"], float) and isinstance(r["kl"], float) and r["recon"] > 0 and r["kl"] > 0
+    # per-channel latent statistics, computed with the phase's best weights, stored in its checkpoint
+    from mlcore.checkpoint import load_checkpoint
+
+    state = load_checkpoint(run / "checkpoints/phase1/best.pt")["model"]
+    assert state["latent_mean"].shape == (4,) and bool((state["latent_std"] != 1).all())
+    assert p1["latent_stats"]["std"] == pytest.approx(state["latent_std"].tolist(), abs=1e-3)
 
 
 def test_start_phase_two_continues_from_phase_one_best(vae_run, capsys, caplog):
@@ -70,13 +82,17 @@ def test_eval_prints_metrics_beside_the_trilinear_baseline(vae_run, videos_root,
     res = _last_json(capsys.readouterr().out)
     assert res["clips"] == ["clips/fire2.mp4"]
     assert {"psnr", "ssim", "psnr_trilinear", "psnr_area_trilinear"} <= set(res)
-    assert res["lpips"] == "unavailable" and res["fvd"] == "unavailable"
+    assert res["lpips"] == "unavailable" and res["fvd_reconstruction"] == "unavailable"
     assert list(tmp_path.glob("recon_fire2_*.png"))
 
 
 def test_eval_uses_lpips_and_i3d_when_given_as_files(vae_run, videos_root, capsys, tmp_path):
-    """Stand-in TorchScript networks (no real weights here) exercise the LPIPS and FVD paths."""
+    """Stand-in TorchScript networks (no real weights here) exercise the LPIPS and FVD paths; FVD is a
+    number only from enough clips, and the VAE's FVD is named reconstruction FVD."""
+    import numpy as np
     import torch
+
+    from videogen.metrics import fvd
 
     class FakeLPIPS(torch.nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -84,16 +100,37 @@ def test_eval_uses_lpips_and_i3d_when_given_as_files(vae_run, videos_root, capsy
 
     class FakeI3D(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return x.mean(dim=(3, 4)).flatten(1)  # (B, 3 * T) features
+            return x.mean(dim=(2, 3, 4))  # (B, 3) features
 
     torch.jit.script(FakeLPIPS()).save(str(tmp_path / "lpips.pt"))
     torch.jit.script(FakeI3D()).save(str(tmp_path / "i3d.pt"))
     run, _ = vae_run
-    assert eval_main(["--checkpoint", str(run), "--data", str(videos_root), "--split", "val", "--windows", "3",
-                      "--lpips-weights", str(tmp_path / "lpips.pt"), "--i3d-weights", str(tmp_path / "i3d.pt")]) == 0
+    base = ["--checkpoint", str(run), "--data", str(videos_root), "--split", "val", "--lpips-weights",
+            str(tmp_path / "lpips.pt"), "--i3d-weights", str(tmp_path / "i3d.pt")]
+    assert eval_main([*base, "--windows", "3"]) == 0
     res = _last_json(capsys.readouterr().out)
+    assert res["fvd_reconstruction"] == "unavailable: need >= 256 clips (got 3)" and "fvd" not in res
     assert isinstance(res["lpips"], float) and res["lpips"] > 0
-    assert isinstance(res["fvd"], float) and res["fvd"] >= 0
+    assert isinstance(res["recon"], float) and isinstance(res["kl"], float)
+    assert eval_main([*base, "--windows", "5", "--fvd-min-clips", "2", "--out", str(tmp_path / "png")]) == 0
+    res = _last_json(capsys.readouterr().out)
+    # the same features computed here: the 5 windows' frame means, originals vs reconstructions
+    from videogen.data import VideoClipDataset, build_index
+    from videogen.predict import load_model
+
+    model, cfg = load_model(run)
+    index = build_index(videos_root)
+    ds = VideoClipDataset(index.root, index.split("auto")[1], num_frames=8, size=32, fps=8.0, train=False,
+                          windows_per_clip=5)
+    video = torch.stack([ds[i]["video"] for i in range(5)])
+    with torch.no_grad():
+        recon = model(video, sample=False)["recon"].clamp(0, 1)
+    from videogen.eval import i3d_features
+
+    i3d = torch.jit.load(str(tmp_path / "i3d.pt"))
+    expected = fvd(i3d_features(i3d, video), i3d_features(i3d, recon))
+    assert res["fvd_reconstruction"] == pytest.approx(expected, rel=1e-3, abs=1e-6)
+    assert np.isfinite(res["fvd_reconstruction"])
     assert eval_main(["--checkpoint", str(run), "--data", str(videos_root), "--lpips-weights", "nope.pt"]) == 2
 
 
@@ -103,7 +140,16 @@ def test_reconstruct_writes_a_decodable_side_by_side_mp4(vae_run, videos_root, t
     assert reconstruct_main([str(videos_root / "clips" / "chaplin.mp4"), "--checkpoint", str(run),
                              "--out", str(out)]) == 0
     res = _last_json(capsys.readouterr().out)
-    assert res["psnr"] > 0 and res["psnr_trilinear"] > 0
+    # the printed PSNR is the reconstruction's of the decoded window (recomputed here)
+
+    from videogen.data import read_clip
+    from videogen.metrics import psnr
+    from videogen.predict import load_model, reconstruct
+
+    vae, _ = load_model(run)
+    clip = read_clip(videos_root / "clips" / "chaplin.mp4", 8, fps=8.0, size=32).permute(1, 0, 2, 3)[None]
+    assert res["psnr"] == pytest.approx(float(psnr(reconstruct(vae, clip), clip)[0]), abs=1e-4)
+    assert res["psnr_trilinear"] != res["psnr"]
     with av.open(str(out)) as c:
         assert c.streams.video[0].codec_context.name == "h264"
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
@@ -112,16 +158,28 @@ def test_reconstruct_writes_a_decodable_side_by_side_mp4(vae_run, videos_root, t
 
 
 def test_backbone_stage_and_generate(vae_run, videos_root, tiny_curriculum, tmp_path, capsys):
+    import torch
+
     run, _ = vae_run
     bb = tmp_path / "bb"
     args = ["--data", str(videos_root), "--out", str(bb), "--curriculum", str(tiny_curriculum), *COMMON,
-            "--stage", "backbone", "--vae", str(run), "--end-phase", "1"]
+            "--stage", "backbone", "--vae", str(run), "--end-phase", "1", "--cache-latents", "--ema-decay", "0.9"]
     assert train_main(args) == 0
     cfg = yaml.safe_load((bb / "config.yaml").read_text())
-    assert cfg["vae_model_size"] == "tiny" and cfg["latent_channels"] == 4
+    assert cfg["vae_model_size"] == "tiny" and cfg["latent_channels"] == 4 and cfg["cache_latents"]
+    rows = [json.loads(x) for x in (bb / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in rows if r["split"] == "val"][-1]
+    assert any(k.startswith("flow_loss_t") for k in val)  # the flow loss per timestep bucket
+    assert any(k.startswith("flow_loss_t") for r in rows if r["split"] == "train_update" for k in r)
+    # the backbone works on the VAE's normalised latents: its stats came with the VAE checkpoint
+    from mlcore.checkpoint import load_checkpoint
+
+    vae_state = load_checkpoint(run / "checkpoints/phase1/best.pt")["model"]
+    bb_state = load_checkpoint(bb / "checkpoints/phase1/best.pt")["model"]
+    assert torch.equal(bb_state["vae.latent_std"], vae_state["latent_std"])
     out = tmp_path / "gen.mp4"
     assert generate_main(["--checkpoint", str(bb), "--prompt", "Ein Flugzeug fliegt über ein Feld 飞机",
-                          "--out", str(out), "--steps", "2"]) == 0
+                          "--out", str(out), "--steps", "2", "--sampler", "heun", "--guidance", "2"]) == 0
     with av.open(str(out)) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 8 and frames[0].shape == (32, 32, 3)
@@ -190,3 +248,137 @@ def test_every_shipped_preset_parses(preset, videos_root, tmp_path):
     assert len(load_curriculum(cfg.curriculum)) == 5
     if preset.startswith("gtx1070"):
         assert cfg.model_size == "gtx1070" and cfg.grad_checkpointing and cfg.precision == "fp16"
+
+
+def test_flags_given_always_win_and_help_shows_one_default(videos_root, capsys):
+    from mlcore.cli import parse_config
+    from videogen.train import phase_config
+
+    phase = load_curriculum("cpu")[0]  # epochs 6, batch 4, lr 1e-3
+    d = ["--data", str(videos_root)]
+    cfg = parse_config(VideoGenConfig, [*d, "--config", "cpu", "--lr", "1e-4", "--epochs", "20", "--batch-size", "4"],
+                       prog="videogen-train", presets_package="videogen")
+    pcfg = phase_config(cfg, phase, 10)
+    assert (pcfg.lr, pcfg.epochs, pcfg.batch_size) == (1e-4, 20, 4)  # equal to the old defaults, still applied
+    plain = phase_config(parse_config(VideoGenConfig, [*d, "--config", "cpu"], prog="videogen-train",
+                                      presets_package="videogen"), phase, 10)
+    assert (plain.lr, plain.epochs, plain.batch_size) == (1e-3, 6, 4)  # the curriculum's
+    assert train_main(["--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    text = text[text.index("options:"):]  # past the usage line
+    for name in ("--epochs", "--batch-size", "--lr", "--cache-dir", "--kl-weight"):
+        item = text[text.index(name + " "):]
+        item = item[: item.find(" --", 3) % (len(item) + 1)]
+        assert item.count("default") == 1, item
+
+
+def test_unreadable_clips_refused_by_eval_and_reconstruct_skipped_in_training(vae_run, videos_root, tmp_path,
+                                                                            capsys):
+    import shutil
+
+    run, _ = vae_run
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    fire = (videos_root / "clips" / "fire2.mp4").read_bytes()
+    (data / "clips" / "cut.mp4").write_bytes(fire[: len(fire) // 2])  # faststart, cut in half
+    (data / "clips" / "empty.mp4").write_bytes(b"")
+    shutil.copy(videos_root / "clips" / "chaplin.mp4", data / "clips" / "chaplin.mp4")
+    (data / "captions.csv").write_text("path,caption\nclips/chaplin.mp4,men\nclips/cut.mp4,a room\n")
+    assert eval_main(["--checkpoint", str(run), "--data", str(data), "--split", "all"]) == 1
+    out = capsys.readouterr()
+    assert out.out.strip() == "" and len(out.err.strip().splitlines()) == 1  # never scored, one line
+    assert "clips/cut.mp4" in out.err and "truncated" in out.err
+    for clip in ("cut.mp4", "empty.mp4"):
+        assert reconstruct_main([str(data / "clips" / clip), "--checkpoint", str(run),
+                                 "--out", str(tmp_path / "r.mp4")]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and clip in err
+    # training: skipped, recorded, listed in the summary
+    run2 = tmp_path / "train"
+    assert train_main(["--data", str(data), "--out", str(run2), "--val-clips", "none", "--max-steps", "1",
+                       "--end-phase", "1", *COMMON]) == 0
+    summary = json.loads((run2 / "training_summary.json").read_text())
+    assert summary["train_clips"] == ["clips/chaplin.mp4"]
+    assert "truncated" in summary["skipped_clips"]["clips/cut.mp4"]
+
+
+def test_reconstruct_rejects_out_of_range_values_and_writes_into_a_folder(vae_run, videos_root, tmp_path, capsys):
+    run, _ = vae_run
+    clip = str(videos_root / "clips" / "fire2.mp4")  # 2.38 s
+    for flags, expected in ((["--num-frames", "0"], "--num-frames must be a positive multiple of 4 (got 0)"),
+                            (["--start", "5"], "--start 5: outside"), (["--start", "-1"], "--start -1: outside"),
+                            (["--image-size", "0"], "--image-size must be a positive multiple")):
+        assert reconstruct_main([clip, "--checkpoint", str(run), "--out", str(tmp_path / "x.mp4"), *flags]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+    assert reconstruct_main([clip, "--checkpoint", str(run), "--out", str(tmp_path / "new") + "/"]) == 0
+    assert (tmp_path / "new" / "fire2_reconstruction.mp4").is_file()
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["out"].endswith("fire2_reconstruction.mp4")
+
+
+@pytest.mark.parametrize("stage", ["vae", "backbone"])
+def test_first_update_of_every_stage_with_the_model_on_the_meta_device(stage, vae_run, videos_root, tmp_path):
+    """Device placement without a GPU: the model on ``meta``, batches moved by the strategy. The backbone
+    stage's latent statistics used to be computed from CPU batches on the moved model ("Tensor on
+    device meta is not on the expected device cpu")."""
+    import torch
+
+    from mlcore.cli import parse_config
+    from mlcore.devices import build_strategy
+    from videogen.data import VideoClipDataset, build_index, collate
+    from videogen.models import TextToVideo
+    from videogen.train import (
+        build_model,
+        make_backbone_step,
+        make_vae_step,
+        prepare_backbone,
+        stats_loader,
+        with_vae_settings,
+    )
+
+    run, args = vae_run
+    extra = ["--stage", "backbone", "--vae", str(run)] if stage == "backbone" else []
+    cfg = with_vae_settings(parse_config(VideoGenConfig, [*args, *extra, "--out", str(tmp_path)],
+                                         prog="videogen-train", presets_package="videogen"))
+    model = build_model(cfg)
+    strategy = build_strategy("cpu", "fp32")
+    strategy.device = torch.device("meta")
+    model = model.to("meta")
+    index = build_index(videos_root)
+    train_clips, _ = index.split(cfg.val_clips)
+    if isinstance(model, TextToVideo):
+        prepare_backbone(model, stats_loader(index.root, train_clips[:1], cfg), strategy)
+        step = make_backbone_step(0.5)
+    else:
+        step = make_vae_step(cfg.kl_weight, cfg.recon_loss)
+    ds = VideoClipDataset(index.root, train_clips[:1], num_frames=8, size=32, fps=8.0, train=True, samples=2)
+    batch = strategy.to_device(collate([ds[0], ds[1]]))
+    model.train()
+    out = step(model, batch)
+    assert out["loss"].device.type == "meta"
+    out["loss"].backward()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and p.grad.device.type == "meta" for p in trainable)
+
+
+def test_backbone_with_a_pretrained_text_encoder_folder(vae_run, videos_root, tiny_curriculum, tmp_path, capsys):
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "room", "rabbit", "men", "street"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab))
+    enc = tmp_path / "enc"
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(enc)
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16, max_position_embeddings=160)).save_pretrained(enc)
+    run, _ = vae_run
+    bb = tmp_path / "bb"
+    assert train_main(["--data", str(videos_root), "--out", str(bb), "--curriculum", str(tiny_curriculum), *COMMON,
+                       "--stage", "backbone", "--vae", str(run), "--end-phase", "1", "--max-steps", "1",
+                       "--text-encoder", str(enc)]) == 0
+    assert yaml.safe_load((bb / "config.yaml").read_text())["text_encoder"] == str(enc)
+    assert generate_main(["--checkpoint", str(bb), "--prompt", "a rabbit", "--out", str(tmp_path / "g.mp4"),
+                          "--steps", "1", "--sampler", "euler"]) == 0
+    assert (tmp_path / "g.mp4").is_file()
+    assert train_main(["--data", str(videos_root), "--stage", "backbone", "--vae", str(run),
+                       "--text-encoder", str(tmp_path)]) == 2
+    assert "--text-encoder" in capsys.readouterr().err

@@ -3,13 +3,15 @@
 The defaults are the seed's (``../shared/seeds/003``): the ``gtx1070`` model sizes, 16 frames at
 256 px, and the 5-phase curriculum of ``configs/curricula/seed.yaml`` (epochs 20/25/30/20/15, batch
 4/4/2/2/2, lr 1e-4/5e-5/2e-5/1e-5/5e-6, samples 1000/1500/2000/1200/4000, warmup 10% + cosine,
-clipping at 1.0). Each phase takes its epochs, batch size and learning rate from the curriculum;
-``--epochs``, ``--batch-size`` or ``--lr`` set to anything but their defaults (20, 4, 1e-4) replace
-that value for every phase.
+clipping at 1.0). Each phase takes its epochs, batch size and learning rate from the curriculum
+unless ``--epochs``, ``--batch-size`` or ``--lr`` is given (on the command line or in a ``--config``
+preset): a given value replaces that value for every phase, even when it equals a curriculum value
+(their default is ``none``: "the curriculum's").
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,9 +30,9 @@ class VideoGenConfig(TrainConfig):
 
     data: str | None = opt(sample_data_dir("videos"), "clip folder with captions.csv (or its parent)")
     out: str = opt("runs/videogen", "run directory (every phase writes into it)")
-    epochs: int = opt(20, "epochs of every phase (default: each phase's curriculum value)")
-    batch_size: int = opt(4, "micro-batch of every phase (default: each phase's curriculum value)")
-    lr: float = opt(1e-4, "peak LR of every phase (default: each phase's curriculum value)")
+    epochs: int | None = opt(None, "epochs of every phase (none: each phase's curriculum value)")
+    batch_size: int | None = opt(None, "micro-batch of every phase (none: each phase's curriculum value)")
+    lr: float | None = opt(None, "peak LR of every phase (none: each phase's curriculum value)")
     weight_decay: float = opt(0.01, "AdamW weight decay")
     image_size: int = opt(256, "frame size in px (square crop)")
     monitor: str = opt("val_loss", "metric for the best checkpoints (global and per phase)")
@@ -49,22 +51,44 @@ class VideoGenConfig(TrainConfig):
     curriculum: str = opt("seed", "curriculum YAML: a name in videogen/configs/curricula or a file")
     start_phase: int = opt(1, "first curriculum phase to run (N > 1 starts from checkpoints/phase{N-1}/best.pt)")
     end_phase: int = opt(NUM_PHASES, "last curriculum phase to run")
-    beta_kl: float = opt(1e-4, "weight of the KL term (per latent value, vs the per-pixel reconstruction)")
+    kl_weight: float = opt(1e-6, "KL weight in SD-VAE's convention: loss = (sum of per-pixel-value recon + "
+                                 "kl_weight x KL summed over latent values) / pixel values per clip (SD-VAE: 1e-6)")
     recon_loss: str = opt("l1", "reconstruction loss", choices=("l1", "mse"))
     lpips_weights: str | None = opt(None, "LPIPS network as a TorchScript file (f(a, b) on [-1, 1] frames)")
     lpips_weight: float = opt(0.1, "weight of the LPIPS term when --lpips-weights is given")
     vae: str | None = opt(None, "--stage backbone: the trained VAE (run directory or checkpoint file)")
     vae_model_size: str | None = opt(None, "model size of the --vae checkpoint (set from it automatically)")
     text_dropout: float = opt(0.1, "probability of dropping a caption (classifier-free guidance)")
+    timestep_sampling: str = opt("logit_normal", "backbone: flow times t ~ logit-normal (SD3) or uniform",
+                                 choices=("logit_normal", "uniform"))
+    logit_mean: float = opt(0.0, "backbone: mean of the logit-normal flow-time distribution")
+    logit_std: float = opt(1.0, "backbone: std of the logit-normal flow-time distribution")
+    timestep_shift: float = opt(1.0, "backbone: shift s of sampled times, t' = s t / (1 + (s - 1) t) (SD3; > 1 "
+                                     "for more latent values: larger frames or longer clips)")
+    stats_windows: int = opt(256, "clip windows (evenly spread over the training clips, >= 1 per clip) the "
+                                  "per-channel latent mean/std are computed over")
+    cache_latents: bool = opt(False, "backbone: encode each training window once with the frozen VAE and train "
+                                     "on the cached latents (windows evenly spaced, centre crop)")
+    text_encoder: str | None = opt(None, "backbone: a pretrained transformers text encoder folder (save_pretrained "
+                                         "of e.g. umT5/mT5/XLM-R), frozen, embeddings cached; none: the byte-level "
+                                         "encoder trained with the backbone")
     grad_checkpointing: bool = opt(False, "recompute blocks in the backward pass (less activation memory)")
     time_budget_min: float | None = opt(None, "stop training after this many minutes of this command (at the "
                                         "next evaluation; later phases are skipped); none: no limit")
     torch_threads: int | None = opt(None, "torch intra-op CPU threads (none: torch's default; 1 is much faster "
                                     "than 2 on a CPU shared with other jobs)")
-    cache_dir: str | None = opt(None, "clip-probe cache folder (default $VIDEOGEN_CACHE or ~/.cache/videogen)")
+    cache_dir: str | None = opt(None, "clip-probe cache folder (none: $VIDEOGEN_CACHE or ~/.cache/videogen)")
 
     def validate(self) -> None:
-        super().validate()
+        for name in ("epochs", "batch_size"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 or none (got {v})")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be > 0 or none (got {self.lr})")
+        # mlcore's checks expect numbers: none (= the curriculum's) passes them as 1
+        TrainConfig.validate(dataclasses.replace(self, epochs=self.epochs or 1, batch_size=self.batch_size or 1,
+                                                 lr=self.lr or 1.0))
         if self.data is None:
             raise ConfigError("--data is required: a folder with captions.csv and the clips it names")
         if self.num_frames < 4 or self.num_frames % 4:
@@ -84,8 +108,16 @@ class VideoGenConfig(TrainConfig):
         if not 1 <= self.start_phase <= self.end_phase <= NUM_PHASES:
             raise ConfigError(f"--start-phase/--end-phase must satisfy 1 <= start <= end <= {NUM_PHASES} "
                               f"(got {self.start_phase}, {self.end_phase})")
-        if self.beta_kl < 0 or self.lpips_weight < 0:
-            raise ConfigError("--beta-kl and --lpips-weight must be >= 0")
+        if self.kl_weight < 0 or self.lpips_weight < 0:
+            raise ConfigError("--kl-weight and --lpips-weight must be >= 0")
+        if self.stats_windows < 1:
+            raise ConfigError(f"--stats-windows must be >= 1 (got {self.stats_windows})")
+        if self.logit_std <= 0 or self.timestep_shift <= 0:
+            raise ConfigError(f"--logit-std and --timestep-shift must be > 0 (got {self.logit_std}, "
+                              f"{self.timestep_shift})")
+        if self.text_encoder is not None and not Path(self.text_encoder, "config.json").is_file():
+            raise ConfigError(f"--text-encoder {self.text_encoder}: expected a folder written by transformers' "
+                              f"save_pretrained (config.json and tokenizer files)")
         if not 0 <= self.text_dropout < 1:
             raise ConfigError(f"--text-dropout must be in [0, 1) (got {self.text_dropout})")
         if self.lpips_weights is not None and not Path(self.lpips_weights).is_file():

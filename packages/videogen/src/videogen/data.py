@@ -148,13 +148,19 @@ def read_captions(root: Path) -> list[dict[str, Any]]:
 def probe_clip(path: str | Path) -> dict[str, Any]:
     """Duration (s), fps, width, height and frame count of a video file's first video stream.
 
-    Reads container headers only; when the stream does not state its frame count it is estimated
-    as ``round(duration * fps)``.
+    Reads the container headers and demuxes (without decoding) every video packet: when the
+    stream does not state its frame count it is estimated as ``round(duration * fps)``, and a file
+    whose packets end more than :data:`TRUNCATION_TOLERANCE_FRAMES` frame periods before the
+    stated duration (a partly downloaded "faststart" mp4: index at the front, data cut off) is
+    refused.
 
     Raises:
-        DataError: the file cannot be opened or has no video stream (message names the path).
+        DataError: the file cannot be opened, has no video stream, or is truncated (message names
+            the path, the stated duration and where the data ends).
     """
     try:
+        if Path(path).stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes), not a video")
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise DataError(f"{path}: no video stream")
@@ -168,13 +174,38 @@ def probe_clip(path: str | Path) -> dict[str, Any]:
                 duration = 0.0
             frames = int(s.frames) or int(round(duration * fps))
             width, height = s.codec_context.width, s.codec_context.height
+            media_end = _media_end(container, s) if fps > 0 and duration > 0 else None
     except DataError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot open video ({type(exc).__name__}: {exc})") from exc
     if fps <= 0 or duration <= 0 or width <= 0 or height <= 0:
         raise DataError(f"{path}: unusable stream (fps {fps}, duration {duration}, size {width}x{height})")
+    if media_end is None or media_end < duration - TRUNCATION_TOLERANCE_FRAMES / fps:
+        got = "no video packets" if media_end is None else f"video data ends at {media_end:.2f} s"
+        raise DataError(f"{path}: truncated or partly downloaded: the header states {duration:.2f} s "
+                        f"({frames} frames) but {got}")
     return {"duration": duration, "fps": fps, "width": width, "height": height, "frames": frames}
+
+
+TRUNCATION_TOLERANCE_FRAMES = 2.0  # media may end this many frame periods before the stated duration
+
+
+def _media_end(container: Any, stream: Any) -> float | None:
+    """End time (s) of the last video packet present in the file: demuxes every packet (no
+    decoding), so a file whose index (``moov``, "faststart") promises more than its data holds
+    is caught before any frame is decoded. ``None`` when the file has no timed video packet.
+
+    Raises:
+        av.FFmpegError: the container's data cannot be read (the caller names the file).
+    """
+    tb = float(stream.time_base)
+    end: float | None = None
+    for packet in container.demux(stream):
+        if packet.size and packet.pts is not None:
+            e = (packet.pts + (packet.duration or 0)) * tb
+            end = e if end is None else max(end, e)
+    return end
 
 
 def sample_times(duration: float, num_frames: int, fps: float | None, src_fps: float, stride: int,
@@ -206,18 +237,28 @@ def _decode_times(path: str | Path, times: np.ndarray) -> list[np.ndarray]:
         start_pts = int(times[0] / tb)
         container.seek(max(start_pts, 0), stream=stream, backward=True, any_frame=False)
         prev: np.ndarray | None = None
+        last_t = -1.0
         i = 0
         for frame in container.decode(stream):
             t = frame.time if frame.time is not None else (frame.pts or 0) * tb
+            last_t = t
             while i < len(times) and t > times[i] + 1e-6:
                 out[i] = prev if prev is not None else frame.to_ndarray(format="rgb24")
                 i += 1
             if i >= len(times):
                 break
             prev = frame.to_ndarray(format="rgb24")
+        if i < len(times):
+            # the stream ended before the last requested time: fine when that time lies within the
+            # final frame's display period (times are clamped to the stated duration), else the file
+            # is shorter than its header says (a truncated download) and repeating the last good
+            # frame would silently corrupt every metric
+            period = 1.0 / float(stream.average_rate or stream.guessed_rate or 25)
+            if prev is None or times[-1] > last_t + TRUNCATION_TOLERANCE_FRAMES * period:
+                got = "no frame" if prev is None else f"frames up to {last_t:.2f} s"
+                raise DataError(f"{path}: truncated or corrupt: decoding stopped with {got}, "
+                                f"needed {times[-1]:.2f} s")
         while i < len(times):
-            if prev is None:
-                raise DataError(f"{path}: no frame decoded at {times[i]:.3f} s (truncated file?)")
             out[i] = prev
             i += 1
     return out  # type: ignore[return-value]
@@ -302,7 +343,8 @@ def _cache_key(path: Path) -> str:
     return f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}"
 
 
-def build_index(data: str | Path, *, cache_dir: str | Path | None = None, with_motion: bool = True) -> ClipIndex:
+def build_index(data: str | Path, *, cache_dir: str | Path | None = None, with_motion: bool = True,
+                warn: bool = True) -> ClipIndex:
     """Probe every clip of ``captions.csv`` once (cached) and return the usable ones.
 
     Clips that are missing, unreadable or truncated are logged with their path and reason and
@@ -312,10 +354,13 @@ def build_index(data: str | Path, *, cache_dir: str | Path | None = None, with_m
         data: the dataset folder (holding ``captions.csv``) or its parent.
         cache_dir: where the probe cache lives (default ``$VIDEOGEN_CACHE`` or ``~/.cache/videogen``).
         with_motion: also measure :func:`motion_score` (needed for curriculum ordering).
+        warn: log skipped clips as warnings (False: at debug level, for callers that refuse them
+            with their own one-line error).
 
     Raises:
         DataError: no ``captions.csv`` or no usable clip at all.
     """
+    warn_fn = log.warning if warn else log.debug
     root = find_root(data)
     rows = read_captions(root)
     cache_dir = Path(cache_dir or os.environ.get("VIDEOGEN_CACHE") or Path.home() / ".cache" / "videogen")
@@ -329,7 +374,7 @@ def build_index(data: str | Path, *, cache_dir: str | Path | None = None, with_m
         path = root / row["path"]
         if not path.is_file():
             skipped[row["path"]] = "file not found"
-            log.warning("skipping %s: file not found", path)
+            warn_fn("skipping %s: file not found", path)
             continue
         key = _cache_key(path)
         meta = cache.get(key)
@@ -342,7 +387,7 @@ def build_index(data: str | Path, *, cache_dir: str | Path | None = None, with_m
                 changed = True
         except DataError as exc:
             skipped[row["path"]] = str(exc)
-            log.warning("skipping unreadable clip %s", exc)
+            warn_fn("skipping unreadable clip %s", exc)
             continue
         cache[key] = meta
         clips.append(ClipInfo(path=row["path"], caption=row["caption"], phase=row["phase"], tags=row["tags"],
@@ -357,7 +402,7 @@ def build_index(data: str | Path, *, cache_dir: str | Path | None = None, with_m
         except OSError as exc:  # a read-only home must not stop training
             log.warning("cannot write the probe cache %s: %s", cache_file, exc)
     if skipped:
-        log.warning("%d of %d clips skipped (unreadable or missing): %s", len(skipped), len(rows),
+        warn_fn("%d of %d clips skipped (unreadable or missing): %s", len(skipped), len(rows),
                     ", ".join(skipped))
     if not clips:
         raise DataError(f"{root / CAPTIONS}: none of the {len(rows)} clips is readable")
@@ -496,6 +541,8 @@ class VideoClipDataset(Dataset):
 
 
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack videos to ``(B, 3, T, H, W)``; captions stay a list of str."""
-    return {"video": torch.stack([b["video"] for b in batch]), "caption": [b["caption"] for b in batch],
+    """Stack videos to ``(B, 3, T, H, W)`` (or cached latents, key ``latent``, to ``(B, C, t, h, w)``);
+    captions stay a list of str."""
+    key = "latent" if "latent" in batch[0] else "video"
+    return {key: torch.stack([b[key] for b in batch]), "caption": [b["caption"] for b in batch],
             "index": torch.tensor([b["index"] for b in batch])}

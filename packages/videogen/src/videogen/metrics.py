@@ -131,7 +131,7 @@ def fvd(real_features: np.ndarray, fake_features: np.ndarray) -> float:
 class ReconstructionMetrics(Metric):
     """Sums of per-clip PSNR, SSIM and trilinear-baseline PSNR over a split.
 
-    ``update(outputs, batch)`` reads ``outputs["recon"]`` ``(B, 3, T, H, W)``, ``outputs["z"]`` (for the
+    ``update(outputs, batch)`` reads ``outputs["recon_video"]`` ``(B, 3, T, H, W)``, ``outputs["z"]`` (for the
     latent value count) and ``batch["video"]``. ``compute()`` -> ``{"psnr", "ssim", "psnr_trilinear",
     "psnr_area_trilinear", "psnr_gain"}`` (dB, mean over clips; gain = psnr - psnr_trilinear).
     """
@@ -144,7 +144,7 @@ class ReconstructionMetrics(Metric):
 
     def update(self, outputs: Mapping[str, Any], batch: Any) -> None:
         video = batch["video"].float()
-        recon = outputs["recon"].float()
+        recon = outputs["recon_video"].float()
         latent_values = int(outputs["z"][0].numel())
         self.psnr_sum += psnr(recon, video).sum().cpu().to(self.psnr_sum.device)
         if self.with_ssim:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import random
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -24,17 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import Dataset
 
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
 from mlcore import BadSampleLog, Callback, Trainer, make_loader
-from mlcore.checkpoint import CheckpointError, load_checkpoint
+from mlcore.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from mlcore.cli import train_main
+from mlcore.metrics import Metric
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
 from mlcore.trainer import with_overrides
 from videogen.config import VideoGenConfig, load_curriculum
 from videogen.data import DataError, VideoClipDataset, assign_phases, build_index, collate
-from videogen.losses import flow_matching_loss, flow_matching_pair, vae_loss
+from videogen.losses import flow_matching_pair, flow_matching_per_sample, sample_flow_times, vae_loss
 from videogen.metrics import ReconstructionMetrics
 from videogen.models import (
     TextToVideo,
@@ -44,15 +47,18 @@ from videogen.models import (
     count_parameters,
     model_size,
 )
-from videogen.models.memory import estimate_training_memory
+from videogen.models.memory import CUDA_CONTEXT_GIB, estimate_training_memory
 
 log = logging.getLogger("videogen.train")
 
 
 # ----------------------------------------------------------------------------------------------
 # steps
-def make_vae_step(beta: float, kind: str, lpips: Any | None = None, lpips_weight: float = 0.0):
-    """``step(model, batch) -> {"loss", "recon", "z", ...}`` for a :class:`VideoVAE`.
+def make_vae_step(kl_weight: float, kind: str, lpips: Any | None = None, lpips_weight: float = 0.0):
+    """``step(model, batch) -> {"loss", "recon", "kl", ("lpips"), "recon_video", "z"}`` for a :class:`VideoVAE`:
+    ``loss`` is what is optimised (:func:`videogen.losses.vae_loss`, SD-VAE's weighting), ``recon``
+    / ``kl`` / ``lpips`` its terms as scalars (logged every update and averaged on validation),
+    ``recon_video`` ``(B, 3, T, H, W)`` and ``z`` for the reconstruction metrics.
 
     Evaluation (model in eval mode) uses the posterior mean, so the reconstruction metrics are
     deterministic."""
@@ -60,42 +66,141 @@ def make_vae_step(beta: float, kind: str, lpips: Any | None = None, lpips_weight
     def step(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         video = batch["video"]
         out = model(video)
-        losses = vae_loss(out["recon"], video, out["mean"], out["logvar"], beta=beta, kind=kind,
+        losses = vae_loss(out["recon"], video, out["mean"], out["logvar"], kl_weight=kl_weight, kind=kind,
                           lpips=lpips, lpips_weight=lpips_weight)
-        return {**losses, "recon": out["recon"].detach(), "z": out["z"].detach()}
+        return {**losses, "recon_video": out["recon"].detach(), "z": out["z"].detach()}
 
     return step
 
 
 def _unwrap(model: torch.nn.Module) -> Any:
-    return getattr(model, "module", model)
+    return getattr(getattr(model, "_orig_mod", model), "module", getattr(model, "_orig_mod", model))
 
 
-def make_backbone_step(text_dropout: float):
-    """``step(model, batch) -> {"loss"}`` for :class:`TextToVideo`: rectified-flow matching on the
-    frozen VAE's scaled latents; captions dropped with probability ``text_dropout`` in training.
+def make_backbone_step(text_dropout: float, *, sampling: str = "logit_normal", logit_mean: float = 0.0,
+                       logit_std: float = 1.0, shift: float = 1.0):
+    """``step(model, batch) -> {"loss", "flow_mse" (B,), "t" (B,)}`` for :class:`TextToVideo`: rectified-flow
+    matching on the frozen VAE's normalised latents (``batch["latent"]`` when cached, else the VAE
+    encodes ``batch["video"]``); flow times from :func:`videogen.losses.sample_flow_times`; captions
+    dropped with probability ``text_dropout`` in training. ``flow_mse`` and ``t`` give the loss per
+    timestep bucket (:class:`LossTerms`).
 
     In evaluation the flow times and noise are drawn from a generator seeded by the batch's sample
     indices, so the validation loss of two evaluations is comparable."""
 
     def step(model: torch.nn.Module, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         m: TextToVideo = _unwrap(model)
-        x0 = m.encode_video(batch["video"])
-        b = x0.shape[0]
+        x0 = batch["latent"] if "latent" in batch else m.encode_video(batch["video"])
+        b, dev = x0.shape[0], x0.device
+        g = None if model.training else torch.Generator().manual_seed(int(batch["index"].sum()) + 12345)
+        t = sample_flow_times(b, kind=sampling, mean=logit_mean, std=logit_std, shift=shift, generator=g,
+                              device=dev)
         if model.training:
-            t = torch.rand(b, device=x0.device)
             noise = torch.randn_like(x0)
-            drop = torch.rand(b, device=x0.device) < text_dropout
+            drop = (torch.rand(b) < text_dropout).to(dev)
         else:
-            g = torch.Generator().manual_seed(int(batch["index"].sum()) + 12345)
-            t = torch.rand(b, generator=g).to(x0.device)
-            noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
-            drop = torch.zeros(b, dtype=torch.bool, device=x0.device)
+            noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
+            drop = torch.zeros(b, dtype=torch.bool, device=dev)
         xt, target = flow_matching_pair(x0, t, noise)
         v = model(xt, t, captions=batch["caption"], drop=drop)  # text encoded inside forward (DDP)
-        return {"loss": flow_matching_loss(v, target)}
+        per_sample = flow_matching_per_sample(v, target)
+        return {"loss": per_sample.mean(), "flow_mse": per_sample.detach(), "t": t.detach()}
 
     return step
+
+
+FLOW_BUCKETS = 4  # flow-time buckets [0, .25), [.25, .5), [.5, .75), [.75, 1] of the per-bucket losses
+
+
+def bucket_name(k: int, buckets: int = FLOW_BUCKETS) -> str:
+    """``flow_loss_t000_025`` for bucket 0 of 4 (times in hundredths)."""
+    return f"flow_loss_t{round(100 * k / buckets):03d}_{round(100 * (k + 1) / buckets):03d}"
+
+
+def loss_term_sums(outputs: Mapping[str, Any], batch_size: int) -> dict[str, tuple[torch.Tensor, float]]:
+    """``{name: (sum, count)}`` of a step's loss terms: the scalar ``recon``/``kl``/``lpips`` weighted by
+    ``batch_size``, and the flow loss per timestep bucket from ``flow_mse`` and ``t``."""
+    out: dict[str, tuple[torch.Tensor, float]] = {}
+    for name in ("recon", "kl", "lpips"):
+        v = outputs.get(name)
+        if isinstance(v, torch.Tensor) and v.dim() == 0:
+            out[name] = (v.detach().double() * batch_size, float(batch_size))
+    if "flow_mse" in outputs and "t" in outputs:
+        mse, t = outputs["flow_mse"].detach().double(), outputs["t"].detach()
+        k = (t * FLOW_BUCKETS).long().clamp(0, FLOW_BUCKETS - 1)
+        for i in range(FLOW_BUCKETS):
+            sel = k == i
+            n = int(sel.sum()) if sel.device.type != "meta" else 0
+            if n:
+                out[bucket_name(i)] = (mse[sel].sum(), float(n))
+    return out
+
+
+class LossTerms(Metric):
+    """Means of the loss terms over a split (``recon``, ``kl``, ``lpips`` for the VAE; the flow loss
+    per timestep bucket ``flow_loss_tAAA_BBB`` for the backbone), so every validation row of
+    ``metrics.jsonl`` carries them; terms a split never produced are left out."""
+
+    NAMES = ("recon", "kl", "lpips", *(bucket_name(i) for i in range(FLOW_BUCKETS)))
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in self.NAMES:
+            self.add_state(f"{name}_sum", torch.zeros((), dtype=torch.float64))
+            self.add_state(f"{name}_n", torch.zeros((), dtype=torch.float64))
+
+    def update(self, outputs: Mapping[str, Any], batch: Any) -> None:
+        n = len(batch["index"]) if "index" in batch else 1
+        for name, (total, count) in loss_term_sums(outputs, n).items():
+            setattr(self, f"{name}_sum", getattr(self, f"{name}_sum") + total.to(self._states_device()))
+            setattr(self, f"{name}_n", getattr(self, f"{name}_n") + count)
+
+    def _states_device(self) -> torch.device:
+        return self.recon_sum.device
+
+    def compute(self) -> dict[str, float]:
+        return {name: float(getattr(self, f"{name}_sum")) / float(getattr(self, f"{name}_n"))
+                for name in self.NAMES if float(getattr(self, f"{name}_n")) > 0}
+
+
+class UpdateLog:
+    """Writes the loss terms of every optimizer update (averaged over its micro-batches) to
+    ``metrics.jsonl`` (rows with ``"split": "train_update"``) and TensorBoard (``train_update/<term>``).
+
+    :meth:`wrap` returns a training step that records its outputs; a row is written when the next
+    update starts and by :meth:`flush` (after each phase). Rows written after the checkpoint a run
+    is resumed from are dropped with the rest of ``metrics.jsonl``'s later rows (mlcore rewrites it).
+    """
+
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+        self.key: tuple[str, int] | None = None
+        self.acc: dict[str, list[Any]] = {}
+
+    def wrap(self, step):
+        def logged(model: torch.nn.Module, batch: Mapping[str, Any]) -> Any:
+            out = step(model, batch)
+            if model.training and self.trainer is not None:
+                key = (self.trainer.stage, self.trainer.global_step)
+                if key != self.key:
+                    self.flush()
+                    self.key = key
+                n = len(batch["index"]) if "index" in batch else 1
+                for name, (total, count) in loss_term_sums(out, n).items():
+                    a = self.acc.setdefault(name, [0.0, 0.0])
+                    a[0], a[1] = a[0] + total, a[1] + count
+            return out
+
+        return logged
+
+    def flush(self) -> None:
+        if self.trainer is None or self.key is None or not self.acc:
+            self.acc, self.key = {}, None
+            return
+        row = {"epoch": self.trainer.epoch, "step": self.key[1] + 1, "stage": self.key[0], "split": "train_update",
+               **{k: float(v[0]) / v[1] for k, v in self.acc.items() if v[1]}}
+        self.trainer.logger.log_metrics(row)
+        self.acc, self.key = {}, None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,11 +248,9 @@ class TimeBudget(Callback):
 
 
 def phase_config(cfg: VideoGenConfig, phase: Mapping[str, Any], updates: int) -> VideoGenConfig:
-    """The per-phase config: the curriculum's epochs / batch / LR (unless set away from the defaults),
+    """The per-phase config: the curriculum's epochs / batch / LR (unless given: not none),
     warmup of ``warmup_fraction`` of the phase's updates, cosine, its gradient clipping."""
-    defaults = VideoGenConfig.__dataclass_fields__
-    pick = {k: (getattr(cfg, k) if getattr(cfg, k) != defaults[k].default else phase[k])
-            for k in ("epochs", "batch_size", "lr")}
+    pick = {k: (getattr(cfg, k) if getattr(cfg, k) is not None else phase[k]) for k in ("epochs", "batch_size", "lr")}
     return with_overrides(cfg, **pick, warmup_steps=max(1, round(phase["warmup_fraction"] * updates)),
                           warmup_epochs=0.0, scheduler="cosine", clip_grad_norm=phase["clip_grad_norm"])
 
@@ -201,7 +304,10 @@ def build_model(cfg: VideoGenConfig, grad_checkpointing: bool | None = None) -> 
         raise CheckpointError("--stage backbone needs --vae")
     vae, _ = load_vae(cfg.vae)
     size = model_size(cfg.model_size)
-    return build_text_to_video(size, vae, grad_checkpointing=gc)
+    try:
+        return build_text_to_video(size, vae, grad_checkpointing=gc, text_encoder=cfg.text_encoder)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def with_vae_settings(cfg: VideoGenConfig) -> VideoGenConfig:
@@ -218,8 +324,9 @@ def with_vae_settings(cfg: VideoGenConfig) -> VideoGenConfig:
 
 
 def memory_estimate(cfg: VideoGenConfig, batch_size: int) -> dict[str, float]:
-    """Estimated training memory (GiB) of ``cfg``'s model and stage at ``batch_size`` on a GPU
-    (bf16/fp16 activations, fp32 weights and AdamW states); see :mod:`videogen.models.memory`."""
+    """Estimated training memory (GiB, a lower bound) of ``cfg``'s model and stage at ``batch_size`` on a
+    GPU (bf16/fp16 activations, fp32 weights, AdamW states and temporaries, EMA when ``--ema-decay``,
+    CUDA context); see :mod:`videogen.models.memory`."""
     size = model_size(cfg.model_size, cfg.latent_channels, cfg.spatial_compression)
     vae_size = model_size(cfg.vae_model_size or cfg.model_size, cfg.latent_channels, cfg.spatial_compression)
     t, s = cfg.num_frames, cfg.image_size
@@ -241,19 +348,136 @@ def memory_estimate(cfg: VideoGenConfig, batch_size: int) -> dict[str, float]:
             def fwd(m):
                 tokens, pooled = m.text_encoder(ids, mask)
                 return m(lat, tt, tokens, mask, pooled).mean()
-    return estimate_training_memory(model, fwd)
+    return estimate_training_memory(model, fwd, ema=bool(cfg.ema_decay), cuda_context_gib=CUDA_CONTEXT_GIB)
 
 
-def _latent_scale(model: TextToVideo, loader, batches: int = 4) -> float:
-    """1 / std of the VAE's posterior means over a few training batches (unit-variance latents)."""
-    vals = []
-    model.latent_scale.fill_(1.0)
-    for i, batch in enumerate(loader):
-        if i >= batches:
-            break
-        vals.append(model.encode_video(batch["video"]).flatten())
-    std = float(torch.cat(vals).std()) if vals else 1.0
-    return 1.0 / max(std, 1e-6)
+@torch.no_grad()
+def latent_statistics(vae: VideoVAE, loader, strategy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``(C_lat,)`` float32 of the VAE's posterior means over every clip
+    window of ``loader`` (batches moved to ``strategy.device``, where the VAE is): the normalisation
+    :meth:`VideoVAE.normalize` applies for the backbone.
+
+    Sums are float64 on the device (one pass); ``std = sqrt(E[z^2] - E[z]^2)``. On the ``meta``
+    device the result is meta tensors (shapes only)."""
+    was = vae.training
+    vae.eval()
+    s1 = s2 = None
+    n = 0
+    for batch in loader:
+        mean, _ = vae.encode(strategy.to_device(batch["video"]).float())
+        z = mean.double().transpose(0, 1).flatten(1)  # (C, N)
+        s1 = z.sum(1) if s1 is None else s1 + z.sum(1)
+        s2 = z.pow(2).sum(1) if s2 is None else s2 + z.pow(2).sum(1)
+        n += z.shape[1]
+    vae.train(was)
+    if s1 is None:
+        raise DataError("latent statistics: no clip window to encode")
+    mu = s1 / n
+    std = (s2 / n - mu.pow(2)).clamp(min=1e-12).sqrt()
+    return mu.float(), std.float()
+
+
+STATS_MAX_WINDOWS = 512  # clip windows the latent statistics are computed over (evenly spread)
+
+
+def stats_loader(root: Path, clips: Sequence[Any], cfg: VideoGenConfig, bad_log: BadSampleLog | None = None):
+    """A loader of evenly spaced centre-cropped windows of every training clip (``--stats-windows`` in
+    all, at least one per clip, at most :data:`STATS_MAX_WINDOWS`) for :func:`latent_statistics`."""
+    per_clip = max(1, min(STATS_MAX_WINDOWS, cfg.stats_windows) // max(1, len(clips)))
+    ds = VideoClipDataset(root, clips, train=False, windows_per_clip=per_clip, num_frames=cfg.num_frames,
+                          size=cfg.image_size, fps=cfg.fps, stride=cfg.frame_stride, cache_frames=cfg.cache_frames,
+                          bad_log=bad_log)
+    return make_loader(ds, batch_size=2, shuffle=False, num_workers=0, collate_fn=collate)
+
+
+def prepare_backbone(model: TextToVideo, loader, strategy) -> None:
+    """Before the first backbone update: when the frozen VAE carries no latent statistics (a VAE
+    checkpoint from before they were stored), compute them over ``loader`` on the model's device.
+    Every batch goes through ``strategy.to_device`` (the model may be on any device, ``meta`` included)."""
+    if not model.vae.has_latent_stats:
+        mean, std = latent_statistics(model.vae, loader, strategy)
+        model.vae.set_latent_stats(mean, std)
+        if mean.device.type != "meta":
+            log.info("latent statistics (not in the VAE checkpoint; computed over the training clips): "
+                     "mean %s, std %s", [round(float(x), 3) for x in mean], [round(float(x), 3) for x in std])
+
+
+def store_latent_stats(files: Sequence[Path], cfg: VideoGenConfig, loader, strategy) -> dict[str, list[float]] | None:
+    """``--stage vae``: compute the per-channel latent statistics of each checkpoint in ``files``
+    (its own weights, on ``strategy``'s device) over ``loader`` and write them into the checkpoint
+    (buffers ``latent_mean`` / ``latent_std`` of its model state), so the backbone stage reads them
+    with the VAE. Returns the statistics of the first file."""
+    first = None
+    for file in files:
+        if not file.is_file():
+            continue
+        ck = load_checkpoint(file)
+        vae = build_vae(model_size(cfg.model_size, cfg.latent_channels, cfg.spatial_compression))
+        vae.load_state_dict(ck["model"])
+        vae = strategy.prepare_model(vae)
+        mean, std = latent_statistics(vae, loader, strategy)
+        ck["model"]["latent_mean"], ck["model"]["latent_std"] = mean.cpu(), std.clamp(min=1e-6).cpu()
+        atomic_save(ck, file)
+        if first is None:
+            first = {"mean": [round(float(x), 4) for x in mean], "std": [round(float(x), 4) for x in std]}
+    return first
+
+
+class LatentCache:
+    """``--cache-latents``: the frozen VAE's normalised latents of evenly spaced, centre-cropped windows
+    of every training clip, encoded once (on the trainer's device, stored on the CPU); training then
+    draws random cached windows instead of decoding and encoding clips at every step.
+
+    Windows per clip: one every ``num_frames / 2`` sampled frames (half-overlapping), at most 64.
+    Clips that fail to decode are recorded in ``bad_log`` and left out.
+    """
+
+    def __init__(self, latents: dict[str, torch.Tensor], captions: dict[str, str]) -> None:
+        self.latents, self.captions = latents, captions
+
+    @property
+    def windows(self) -> int:
+        return sum(v.shape[0] for v in self.latents.values())
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, model: TextToVideo, root: Path, clips: Sequence[Any], cfg: VideoGenConfig, strategy,
+              bad_log: BadSampleLog) -> LatentCache:
+        latents, captions = {}, {}
+        for clip in clips:
+            rate = cfg.fps or clip.fps / cfg.frame_stride
+            w = int(min(64, max(1, round(clip.duration * rate / max(1, cfg.num_frames // 2)) - 1)))
+            ds = VideoClipDataset(root, [clip], train=False, windows_per_clip=w, num_frames=cfg.num_frames,
+                                  size=cfg.image_size, fps=cfg.fps, stride=cfg.frame_stride,
+                                  cache_frames=cfg.cache_frames, bad_log=bad_log)
+            parts = []
+            try:
+                for batch in make_loader(ds, batch_size=2, shuffle=False, num_workers=0, collate_fn=collate):
+                    parts.append(model.encode_video(strategy.to_device(batch["video"])).float().cpu())
+            except DataError:
+                continue  # recorded in bad_log
+            latents[clip.path], captions[clip.path] = torch.cat(parts), clip.caption
+        if not latents:
+            raise DataError("--cache-latents: no training clip could be decoded")
+        return cls(latents, captions)
+
+    def dataset(self, clips: Sequence[Any], samples: int) -> Dataset:
+        """``samples`` items drawn round-robin from the cached ``clips``: a random cached window each."""
+        names = [c.path for c in clips if c.path in self.latents] or list(self.latents)
+        return _CachedWindows(self, names, samples)
+
+
+class _CachedWindows(Dataset):
+    def __init__(self, cache: LatentCache, names: list[str], samples: int) -> None:
+        self.cache, self.names, self.samples = cache, names, samples
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name = self.names[index % len(self.names)]
+        lat = self.cache.latents[name]
+        return {"latent": lat[random.randrange(lat.shape[0])], "caption": self.cache.captions[name], "index": index}
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
@@ -322,11 +546,14 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
                  cfg.start_phase - 1, ck.get("metric"), ck.get("value", float("nan")))
     n_params = count_parameters(model)
     n_train = count_parameters(model, trainable_only=True)
-    mem = memory_estimate(cfg, phases[cfg.start_phase - 1]["batch_size"])
+    first_batch = cfg.batch_size or phases[cfg.start_phase - 1]["batch_size"]
+    mem = memory_estimate(cfg, first_batch)
     msg = (f"videogen {cfg.stage} model ({cfg.model_size}): {n_params / 1e6:.2f}M parameters "
            f"({n_train / 1e6:.2f}M trainable); estimated GPU training memory at batch "
-           f"{phases[cfg.start_phase - 1]['batch_size']}, {cfg.num_frames}x{cfg.image_size}px: "
-           f"{mem['total_gib']:.2f} GiB (estimate on the meta device, not measured)")
+           f"{first_batch}, {cfg.num_frames}x{cfg.image_size}px: >= {mem['total_gib']:.2f} GiB "
+           f"(a lower bound computed on the meta device, not measured; EMA "
+           f"{'on: ' + format(mem['ema_gib'], '.2f') + ' GiB of it' if cfg.ema_decay else 'off'}; "
+           f"bench/videogen_memory.py --device cuda measures the real peak)")
     print(msg, flush=True)
     log.info(msg)
 
@@ -335,24 +562,40 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
         lpips = torch.jit.load(cfg.lpips_weights, map_location="cpu").eval()
         lpips.requires_grad_(False)
     if cfg.stage == "vae":
-        step = make_vae_step(cfg.beta_kl, cfg.recon_loss, lpips, cfg.lpips_weight)
-        metrics = [ReconstructionMetrics(with_ssim=False)]
+        step = make_vae_step(cfg.kl_weight, cfg.recon_loss, lpips, cfg.lpips_weight)
+        metrics: list[Metric] = [ReconstructionMetrics(with_ssim=False), LossTerms()]
     else:
-        step = make_backbone_step(cfg.text_dropout)
-        metrics = []
+        step = make_backbone_step(cfg.text_dropout, sampling=cfg.timestep_sampling, logit_mean=cfg.logit_mean,
+                                  logit_std=cfg.logit_std, shift=cfg.timestep_shift)
+        metrics = [LossTerms()]
     phase_cb = PhaseCheckpoints(cfg.monitor)
     budget = TimeBudget(cfg.time_budget_min, t_start)
-    trainer = Trainer(model, cfg, step, metrics=metrics, callbacks=[phase_cb, budget])
+    updates_log = UpdateLog()
+    trainer = Trainer(model, cfg, updates_log.wrap(step), eval_step=step, metrics=metrics,
+                      callbacks=[phase_cb, budget])
+    updates_log.trainer = trainer
     if lpips is not None:
         lpips.to(trainer.strategy.device)
 
     bad_log = BadSampleLog()  # clips that fail to decode mid-run, counted across loader workers and phases
+    for path, reason in index.skipped.items():  # unreadable/truncated at probe time: skipped from the start
+        bad_log.record(path, reason)
     ds_kw = dict(num_frames=cfg.num_frames, size=cfg.image_size, fps=cfg.fps, stride=cfg.frame_stride,
                  cache_frames=cfg.cache_frames, bad_log=bad_log)
     val_loader = None
     if val_clips:
         val_ds = VideoClipDataset(index.root, val_clips, train=False, windows_per_clip=cfg.val_windows, **ds_kw)
         val_loader = make_loader(val_ds, batch_size=2, shuffle=False, num_workers=0, collate_fn=collate)
+
+    latent_cache = None
+    if isinstance(model, TextToVideo):
+        # the model is on the trainer's device now: batches go there through the strategy
+        prepare_backbone(model, stats_loader(index.root, train_clips, cfg, bad_log), trainer.strategy)
+        if cfg.cache_latents:
+            latent_cache = LatentCache.build(model, index.root, train_clips, cfg, trainer.strategy, bad_log)
+            log.info("--cache-latents: %d windows of %d clips encoded once", latent_cache.windows,
+                     len(latent_cache.latents))
+    stats_dl = stats_loader(index.root, train_clips, cfg, bad_log) if cfg.stage == "vae" else None
 
     summary_file = run_dir / "training_summary.json"
     try:
@@ -369,17 +612,16 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
             break
         clips = by_phase[n]
         samples = ph["samples"]
-        train_ds = VideoClipDataset(index.root, clips, train=True, samples=samples, **ds_kw)
+        if latent_cache is not None:
+            train_ds = latent_cache.dataset(clips, samples)
+        else:
+            train_ds = VideoClipDataset(index.root, clips, train=True, samples=samples, **ds_kw)
         pcfg_probe = phase_config(cfg, ph, 1)
         loader = make_loader(train_ds, batch_size=pcfg_probe.batch_size, shuffle=True, seed=cfg.seed,
-                             num_workers=cfg.num_workers, collate_fn=collate, drop_last=False)
+                             num_workers=cfg.num_workers if latent_cache is None else 0, collate_fn=collate,
+                             drop_last=False)
         updates = math.ceil(len(loader) / cfg.accum_steps) * pcfg_probe.epochs
         pcfg = phase_config(cfg, ph, updates)
-        if isinstance(model, TextToVideo) and name not in trainer.completed_stages and not cfg.resume \
-                and n == cfg.start_phase and start_ckpt is None and not cfg.weights:
-            model.latent_scale.fill_(_latent_scale(model, make_loader(train_ds, batch_size=2, shuffle=False,
-                                                                      collate_fn=collate)))
-            log.info("latent scale 1/std = %.4f", float(model.latent_scale))
         phase_cb.phase = n
         log.info("phase %d (%s): %d clips (%s), %d samples/epoch, %d epochs, batch %d, lr %.2e, %d updates, "
                  "warmup %d", n, ph["name"], len(clips), ", ".join(c.name for c in clips), samples, pcfg.epochs,
@@ -387,13 +629,19 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
         t0 = time.perf_counter()
         already = name in trainer.completed_stages
         summary = trainer.fit(loader, val_loader, stage=name, config=pcfg)
+        updates_log.flush()
         ck = trainer.run_dir / "checkpoints"
+        stats = None
         if trainer.logger.enabled and not already:
             if not summary.get("completed", True):
                 log.info("phase %d stopped early (--max-steps or SIGTERM); resume with --resume %s", n, run_dir)
             if val_loader is None or not (ck / f"phase{n}" / "best.pt").is_file():
                 trainer.save_weights(f"phase{n}/best.pt", extra={"phase": n, "metric": "last", "value": None})
             _copy_atomic(ck / "last.pt", ck / f"phase{n}" / "last.pt")
+            if stats_dl is not None:  # the backbone stage normalises latents with these
+                stats = store_latent_stats([ck / f"phase{n}" / "best.pt", ck / "best_val_loss.pt"], cfg, stats_dl,
+                                           trainer.strategy)
+                log.info("latent statistics of phase %d best.pt (per channel): %s", n, stats)
         row = phase_rows.get(n, {}) if already else {}
         row.update({"phase": n, "name": ph["name"], "stage": name, "clips": [c.path for c in clips],
                     "samples_per_epoch": samples, "epochs": pcfg.epochs, "batch_size": pcfg.batch_size,
@@ -401,6 +649,7 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
                     "completed": name in trainer.completed_stages, "stopped_by_time_budget": budget.exceeded,
                     "best_checkpoint": str(ck / f"phase{n}" / "best.pt"),
                     "best": phase_cb.best.get(str(n)), "last_checkpoint": str(ck / f"phase{n}" / "last.pt"),
+                    **({"latent_stats": stats} if stats is not None else {}),
                     **_phase_rows(trainer.history, name)})
         if not already:
             row["time_s"] = round(time.perf_counter() - t0, 2) + (row.get("time_s", 0) if cfg.resume else 0)

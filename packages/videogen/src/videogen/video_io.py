@@ -33,7 +33,7 @@ def write_mp4(video: torch.Tensor, path: str | Path, fps: float = 8.0, crf: int 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     from fractions import Fraction
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", format="mp4") as container:  # the format even without a .mp4 suffix
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
         stream.options = {"crf": str(crf)}

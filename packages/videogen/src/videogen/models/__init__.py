@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from videogen.models.backbone import HybridBackbone
-from videogen.models.text_encoder import ByteTokenizer, MultilingualTextEncoder
+from videogen.models.text_encoder import ByteTokenizer, MultilingualTextEncoder, PretrainedTextEncoder
 from videogen.models.vae import VAESize, VideoVAE
 
 MODEL_SIZES = ("tiny", "gtx1070")
@@ -74,14 +74,26 @@ class TextToVideo(nn.Module):
 
     The VAE's parameters have ``requires_grad=False`` and it stays in eval mode, so the optimizer
     (which takes trainable parameters only) never updates it; it is kept inside the module so a
-    checkpoint is self-contained for ``videogen-generate``.
+    checkpoint is self-contained for ``videogen-generate``. The backbone works on the VAE's
+    per-channel normalised latents (:meth:`VideoVAE.normalize`, statistics stored with the VAE).
+    ``text_encoder`` is the trainable byte-level :class:`MultilingualTextEncoder` or a frozen
+    :class:`PretrainedTextEncoder`.
     """
 
-    def __init__(self, vae: VideoVAE, text_encoder: MultilingualTextEncoder, backbone: HybridBackbone) -> None:
+    def __init__(self, vae: VideoVAE, text_encoder: MultilingualTextEncoder | PretrainedTextEncoder,
+                 backbone: HybridBackbone) -> None:
         super().__init__()
         self.vae, self.text_encoder, self.backbone = vae, text_encoder, backbone
         self.vae.requires_grad_(False)
-        self.register_buffer("latent_scale", torch.ones(()))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # backbone checkpoints from before the per-channel statistics kept one global 1/std scale
+        scale = state_dict.pop(prefix + "latent_scale", None)
+        if scale is not None and prefix + "vae.latent_std" not in state_dict:
+            c = self.vae.latent_channels
+            state_dict[prefix + "vae.latent_mean"] = torch.zeros(c)
+            state_dict[prefix + "vae.latent_std"] = torch.full((c,), 1.0 / float(scale))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train(self, mode: bool = True) -> TextToVideo:
         super().train(mode)
@@ -111,9 +123,15 @@ class TextToVideo(nn.Module):
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """Scaled posterior-mean latents ``(B, C, T/4, H/s, W/s)`` of ``video`` ``(B, 3, T, H, W)`` in [0, 1]."""
+        """Normalised posterior-mean latents ``(B, C, T/4, H/s, W/s)`` of ``video`` ``(B, 3, T, H, W)`` in
+        [0, 1] (per channel ``(z - mean) / std``, :meth:`VideoVAE.normalize`)."""
         mean, _ = self.vae.encode(video)
-        return mean * self.latent_scale
+        return self.vae.normalize(mean)
+
+    @torch.no_grad()
+    def decode_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Video ``(B, 3, T, H, W)`` (unclamped) of normalised latents ``x`` (inverse of :meth:`encode_video`)."""
+        return self.vae.decode(self.vae.denormalize(x))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None, pooled: torch.Tensor | None = None, *,
@@ -133,10 +151,20 @@ class TextToVideo(nn.Module):
         return self.backbone(x, t, text, mask, pooled)
 
 
-def build_text_to_video(size: ModelSize, vae: VideoVAE, grad_checkpointing: bool = False) -> TextToVideo:
-    """A :class:`TextToVideo` of ``size`` around an (already trained) ``vae``."""
-    text = MultilingualTextEncoder(width=size.text_width, layers=size.text_layers, heads=size.text_heads)
-    backbone = HybridBackbone(vae.latent_channels, dim=size.dim, heads=size.heads,
+def build_text_to_video(size: ModelSize, vae: VideoVAE, grad_checkpointing: bool = False,
+                        text_encoder: str | None = None) -> TextToVideo:
+    """A :class:`TextToVideo` of ``size`` around an (already trained) ``vae``; ``text_encoder``: a
+    ``transformers`` folder for a frozen :class:`PretrainedTextEncoder` (None: the byte-level one).
+
+    Raises:
+        ValueError: ``text_encoder`` cannot be loaded.
+    """
+    text: MultilingualTextEncoder | PretrainedTextEncoder
+    if text_encoder:
+        text = PretrainedTextEncoder(text_encoder)
+    else:
+        text = MultilingualTextEncoder(width=size.text_width, layers=size.text_layers, heads=size.text_heads)
+    backbone = HybridBackbone(vae.latent_channels, dim=size.dim, heads=size.heads, text_dim=text.embed_dim,
                               transformer_blocks=size.transformer_blocks, conv_blocks=size.conv_blocks,
                               patch=size.patch, mlp_ratio=size.mlp_ratio, grad_checkpointing=grad_checkpointing)
     return TextToVideo(vae, text, backbone)
@@ -148,4 +176,4 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 __all__ = ["MODEL_SIZES", "SIZES", "ByteTokenizer", "HybridBackbone", "ModelSize", "MultilingualTextEncoder",
-           "TextToVideo", "VAESize", "VideoVAE", "build_text_to_video", "build_vae", "count_parameters", "model_size"]
+           "PretrainedTextEncoder", "TextToVideo", "VAESize", "VideoVAE", "build_text_to_video", "build_vae", "count_parameters", "model_size"]

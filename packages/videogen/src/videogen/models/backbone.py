@@ -4,7 +4,7 @@ interleaved with 3D-conv blocks (the seed's ``backbone.py``), trained by flow ma
 Latent ``(B, C, t, h, w)`` -> tokens ``(B, t*h*w, D)``; each transformer block is self-attention
 with 3D rotary position embeddings (the head dimension split in three parts rotated by the
 frame, row and column index), cross-attention to the text token embeddings, and an MLP, each
-modulated by the flow time (adaLN-style scale/shift/gate); a conv block reshapes the tokens to the
+modulated by the flow time (adaLN-Zero scale/shift/gate, gates starting at 0); a conv block reshapes the tokens to the
 latent grid and applies a residual depthwise 3x3x3 + pointwise conv (local spatio-temporal mixing).
 The output is the velocity ``v = noise - x0`` of the rectified-flow path ``x_t = (1 - t) x0 + t noise``.
 """
@@ -75,6 +75,10 @@ class TransformerBlock(nn.Module):
 
     Modulation is adaLN-single (PixArt-alpha, Chen et al. 2023): one time projection ``(B, 6*dim)``
     shared by all blocks plus a learned per-block table, instead of a ``dim x 6 dim`` layer per block.
+    The residual branches are gated adaLN-Zero style (DiT, Peebles & Xie 2023): ``x + g * f(x)`` with
+    the gates ``g`` starting at exactly 0 (zero table, zero time projection) and the ungated
+    cross-attention's output projection zero-initialised (as PixArt-alpha does), so every block
+    starts as the identity.
     """
 
     def __init__(self, dim: int, heads: int, text_dim: int, mlp_ratio: float = 4.0) -> None:
@@ -87,13 +91,15 @@ class TransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim, elementwise_affine=False)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
         self.table = nn.Parameter(torch.zeros(6, dim))
+        nn.init.zeros_(self.cross_attn.out.weight)
+        nn.init.zeros_(self.cross_attn.out.bias)
 
     def forward(self, x, tmod, text, text_mask, rope):
         """``tmod`` ``(B, 6*dim)``: the shared time modulation."""
         s1, b1, g1, s2, b2, g2 = (tmod.view(-1, 6, x.shape[-1]) + self.table).unsqueeze(2).unbind(1)
-        x = x + (1 + g1) * self.self_attn(self.norm1(x) * (1 + s1) + b1, rope=rope)
+        x = x + g1 * self.self_attn(self.norm1(x) * (1 + s1) + b1, rope=rope)
         x = x + self.cross_attn(self.norm2(x), context=text, mask=text_mask)
-        x = x + (1 + g2) * self.mlp(self.norm3(x) * (1 + s2) + b2)
+        x = x + g2 * self.mlp(self.norm3(x) * (1 + s2) + b2)
         return x
 
 
@@ -107,6 +113,8 @@ class ConvBlock(nn.Module):
         self.pw1 = nn.Conv3d(dim, 2 * dim, 1)
         self.pw2 = nn.Conv3d(2 * dim, dim, 1)
         self.temb = nn.Linear(dim, dim)
+        nn.init.zeros_(self.pw2.weight)  # starts as the identity (like the adaLN-Zero blocks)
+        nn.init.zeros_(self.pw2.bias)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         b, n, d = x.shape
@@ -167,6 +175,8 @@ class HybridBackbone(nn.Module):
                 self.kinds.append("conv")
         self.norm_out = nn.LayerNorm(dim, elementwise_affine=False)
         self.ada_out = nn.Linear(dim, 2 * dim)
+        nn.init.zeros_(self.ada_out.weight)
+        nn.init.zeros_(self.ada_out.bias)
         self.out = nn.Linear(dim, latent_channels * patch * patch)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)

@@ -129,3 +129,78 @@ class MultilingualTextEncoder(nn.Module):
         ids, mask = ids.to(device), mask.to(device)
         tokens, pooled = self(ids, mask)
         return tokens, pooled, mask
+
+
+class PretrainedTextEncoder(nn.Module):
+    """A frozen pretrained text encoder from a local ``transformers`` folder (``save_pretrained`` of
+    e.g. ``google/umt5-base``, ``google/mt5-base`` or ``xlm-roberta-base``), with its tokenizer.
+
+    Same interface as :class:`MultilingualTextEncoder`'s :meth:`encode_text`. Encoder-decoder models
+    (T5 family) use their encoder only. The weights are frozen, never saved in videogen checkpoints
+    (the checkpoint records the folder) and kept out of the module tree (no parameters: the
+    optimizer, EMA and ``state_dict`` do not see them); each caption is encoded once and cached
+    on the CPU (``cache_size`` captions at most, oldest dropped first).
+
+    Args:
+        path: the folder (``config.json``, weights, tokenizer files).
+        max_length: longest token sequence (longer captions are truncated).
+
+    ``encode_text(texts)`` -> ``(tokens (B, L, hidden) float32, pooled (B, hidden) float32 masked mean,
+    mask (B, L) bool)``; ``embed_dim`` = the model's hidden size.
+
+    Raises:
+        ValueError: the folder cannot be loaded by ``transformers`` (message names it).
+    """
+
+    def __init__(self, path: str, max_length: int = 128, cache_size: int = 100_000) -> None:
+        super().__init__()
+        try:
+            from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"--text-encoder {path}: cannot load a transformers model and tokenizer there "
+                             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+        if getattr(config, "is_encoder_decoder", False):
+            model = model.get_encoder()
+        model.requires_grad_(False).eval()
+        self.path, self.max_length, self.cache_size = str(path), max_length, cache_size
+        self.embed_dim = int(getattr(config, "d_model", None) or config.hidden_size)
+        # plain attributes, not submodules: frozen weights stay out of state_dict / parameters()
+        object.__setattr__(self, "hf_model", model)
+        object.__setattr__(self, "hf_tokenizer", tokenizer)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def train(self, mode: bool = True) -> PretrainedTextEncoder:
+        super().train(mode)
+        self.hf_model.eval()  # frozen: dropout stays off
+        return self
+
+    @torch.no_grad()
+    def _encode_one(self, text: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if text not in self._cache:
+            if next(self.hf_model.parameters()).device != device:
+                self.hf_model.to(device)
+            enc = self.hf_tokenizer([text], max_length=self.max_length, truncation=True, return_tensors="pt")
+            out = self.hf_model(input_ids=enc["input_ids"].to(device),
+                                attention_mask=enc["attention_mask"].to(device)).last_hidden_state
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[text] = (out[0].float().cpu(), enc["attention_mask"][0].bool().cpu())
+        return self._cache[text]
+
+    def encode_text(self, texts: Sequence[str], device: torch.device | str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(tokens (B, L, D), pooled (B, D), mask (B, L) bool)`` on ``device``, padded with zeros."""
+        device = torch.device(device or "cpu")
+        items = [self._encode_one(t, device if device.type != "meta" else torch.device("cpu")) for t in texts]
+        n = max(x.shape[0] for x, _ in items)
+        tokens = torch.zeros(len(items), n, self.embed_dim)
+        mask = torch.zeros(len(items), n, dtype=torch.bool)
+        for i, (x, m) in enumerate(items):
+            tokens[i, : x.shape[0]], mask[i, : m.shape[0]] = x, m
+        m = mask.unsqueeze(-1).float()
+        pooled = (tokens * m).sum(1) / m.sum(1).clamp(min=1)
+        return tokens.to(device), pooled.to(device), mask.to(device)

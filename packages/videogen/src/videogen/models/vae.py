@@ -179,6 +179,9 @@ class VideoVAE(nn.Module):
         if size.shortcuts and size.channels[levels] % size.latent_channels:
             raise ValueError(f"with shortcuts the bottleneck width {size.channels[levels]} must be a multiple of "
                              f"latent_channels {size.latent_channels}")
+        if size.shortcuts and size.channels[0] < 12:
+            raise ValueError(f"with shortcuts the first width must be >= 12, the 2x2x3 patch channels it tiles "
+                             f"(got {size.channels[0]})")
         ch = size.channels[: levels + 1]
         self.size, self.spatial_compression = size, spatial_compression
         self.latent_channels = size.latent_channels
@@ -219,6 +222,42 @@ class VideoVAE(nn.Module):
             nn.init.zeros_(self.to_moments.bias)
             with torch.no_grad():
                 self.to_moments.bias[size.latent_channels:] = -6.0
+
+        # per-channel statistics of the posterior means over the training set (set by videogen-train
+        # after each VAE phase; identity until then), saved in every checkpoint with the weights
+        self.register_buffer("latent_mean", torch.zeros(size.latent_channels))
+        self.register_buffer("latent_std", torch.ones(size.latent_channels))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001
+        # checkpoints written before the latent statistics existed: identity statistics
+        for name, fill in (("latent_mean", 0.0), ("latent_std", 1.0)):
+            state_dict.setdefault(prefix + name, torch.full((self.latent_channels,), fill))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def has_latent_stats(self) -> bool:
+        """Whether :meth:`set_latent_stats` ran (statistics other than the identity 0 / 1)."""
+        if self.latent_std.device.type == "meta":
+            return False
+        return bool((self.latent_mean != 0).any() or (self.latent_std != 1).any())
+
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Store per-channel ``mean`` and ``std`` ``(C_lat,)`` of the posterior means (see
+        :func:`videogen.train.latent_statistics`)."""
+        with torch.no_grad():
+            self.latent_mean.copy_(mean.reshape(-1))
+            self.latent_std.copy_(std.reshape(-1).clamp(min=1e-6))
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """``(z - mean) / std`` per channel: the unit-scale latents the backbone works on
+        (``z`` ``(B, C_lat, t, h, w)``), as current latent video models do (e.g. Wan, HunyuanVideo)."""
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        return (z - self.latent_mean.view(shape).to(z.dtype)) / self.latent_std.view(shape).to(z.dtype)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`."""
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        return z * self.latent_std.view(shape).to(z.dtype) + self.latent_mean.view(shape).to(z.dtype)
 
     def _run(self, layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
         for layer in layers:
