@@ -87,8 +87,9 @@ class VideoGenConfig(TrainConfig):
         if self.lr is not None and not self.lr > 0:
             raise ConfigError(f"--lr must be > 0 or none (got {self.lr})")
         # mlcore's checks expect numbers: none (= the curriculum's) passes them as 1
-        TrainConfig.validate(dataclasses.replace(self, epochs=self.epochs or 1, batch_size=self.batch_size or 1,
-                                                 lr=self.lr or 1.0))
+        checked = dataclasses.replace(self, epochs=self.epochs or 1, batch_size=self.batch_size or 1, lr=self.lr or 1.0)
+        TrainConfig.validate(checked)
+        self.device = checked.device  # mlcore normalises it (e.g. "CUDA:0" -> "cuda:0")
         if self.data is None:
             raise ConfigError("--data is required: a folder with captions.csv and the clips it names")
         if self.num_frames < 4 or self.num_frames % 4:
