@@ -268,17 +268,26 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, *, expect_domai
 
 
 def resolve_resume_path(resume: str | Path) -> Path:
-    """``--resume`` accepts a run directory (uses ``checkpoints/last.pt``) or a checkpoint file.
+    """``--resume`` accepts a run directory, a ``last.pt``-style checkpoint file or a sharded
+    checkpoint folder (``checkpoints/last.dcp``, see :mod:`mlcore.dcp`). A run directory resumes from
+    ``checkpoints/last.pt`` or ``checkpoints/last.dcp``, whichever is newer (a save removes the other).
 
     Raises:
         CheckpointError: nothing to resume from at that path.
     """
     p = Path(resume)
-    candidates = [p] if p.is_file() else [p / "checkpoints" / "last.pt", p / "last.pt"]
-    for c in candidates:
-        if c.is_file():
-            return c
-    raise CheckpointError(f"--resume {resume}: no checkpoint found (looked for {', '.join(map(str, candidates))})")
+    if p.is_file() or _is_dcp_dir(p):
+        return p
+    for folder in (p / "checkpoints", p):
+        found = [c for c in (folder / "last.pt", folder / "last.dcp") if c.is_file() or _is_dcp_dir(c)]
+        if found:
+            return max(found, key=lambda c: c.stat().st_mtime_ns)
+    raise CheckpointError(f"--resume {resume}: no checkpoint found (looked for {p / 'checkpoints' / 'last.pt'}, "
+                          f"{p / 'checkpoints' / 'last.dcp'}, {p / 'last.pt'})")
+
+
+def _is_dcp_dir(p: Path) -> bool:
+    return p.is_dir() and (p / ".metadata").is_file() and (p / "trainer_state.pt").is_file()
 
 
 def model_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ ENCODER_WEIGHTS: tuple[str, ...] = ("imagenet", "offline")
 __all__ = [
     "ENCODERS",
     "ENCODER_WEIGHTS",
+    "block_classes",
     "build_model",
     "count_parameters",
     "load_efficientnet_lite0_offline",
@@ -112,6 +113,8 @@ def build_model(
             f"or weights=PATH."
         ) from exc
 
+    # the repeated blocks: units of mlcore's --grad-checkpointing and --strategy fsdp (mlcore.blocks)
+    model.block_classes = block_classes()
     if encoder_weights == "offline":
         load_efficientnet_lite0_offline(model.encoder)
     if weights is not None:
@@ -122,6 +125,20 @@ def build_model(
         # that dropout / drop-path inside it is off too (smp's train() then skips the encoder).
         model.encoder.eval()
     return model
+
+
+def block_classes() -> tuple[type[torch.nn.Module], ...]:
+    """The U-Net's repeated blocks: the encoders' residual blocks (torchvision's MobileNetV2
+    ``InvertedResidual`` and ResNet ``BasicBlock``, timm's EfficientNet ``DepthwiseSeparableConv`` and
+    ``InvertedResidual``) and smp's ``UnetDecoderBlock``. Set as ``model.block_classes`` by
+    :func:`build_model` for mlcore's activation checkpointing and FSDP units."""
+    from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoderBlock
+    from timm.models._efficientnet_blocks import DepthwiseSeparableConv
+    from timm.models._efficientnet_blocks import InvertedResidual as TimmInvertedResidual
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock
+
+    return (InvertedResidual, BasicBlock, DepthwiseSeparableConv, TimmInvertedResidual, UnetDecoderBlock)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
