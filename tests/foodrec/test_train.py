@@ -119,3 +119,23 @@ def test_seed_defaults_and_presets():
 def test_bad_flags(argv, needle, capsys, food_data):
     assert train_main(["--data", str(food_data)] + argv) == 2
     assert needle in capsys.readouterr().err
+
+
+def test_stopped_inside_stage1_waits_and_resumes_with_the_base_config(tmp_path, food_data):
+    """Issue 11 defect 2: stage 2 used to start although stage 1 stopped at --max-steps, and config.yaml
+    held stage 1's lr/epochs, which --resume then used as the base config."""
+    import yaml
+
+    out = tmp_path / "run"
+    argv = _argv(food_data, out, "--two-stage", "--stage1-epochs", "1", "--stage1-lr", "3e-3", "--epochs", "1",
+                 "--no-mixup", "--max-steps", "2")
+    assert train_main(argv) == 0
+    stopped = json.loads((out / "summary.json").read_text())
+    assert stopped["steps"] == 2 and stopped["completed_stages"] == []
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["lr"] == 1e-3 and saved["epochs"] == 1 and saved["stage1_lr"] == 3e-3
+    assert train_main(["--resume", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["completed_stages"] == ["stage1", "stage2"]
+    last = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert last["stage"] == "stage2" and last["stage_config"]["lr"] == 1e-3 and last["config"]["stage1_lr"] == 3e-3

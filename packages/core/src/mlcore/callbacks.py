@@ -17,7 +17,17 @@ log = logging.getLogger(__name__)
 
 
 class Callback:
-    """Hooks the trainer calls; state in :meth:`state_dict` is saved in ``last.pt`` for resume."""
+    """Hooks the trainer calls; state in :meth:`state_dict` is saved in ``last.pt`` for resume.
+
+    States are saved under :attr:`state_key` (the class name unless a subclass says otherwise), so a
+    run resumed with callbacks added, removed or reordered gives each callback its own state; a
+    callback with no saved state starts fresh (the trainer logs one line).
+    """
+
+    @property
+    def state_key(self) -> str:
+        """Name of this callback's entry in ``last.pt`` (unique per trainer; duplicates get ``#2``...)."""
+        return type(self).__qualname__
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After every evaluation; ``metrics`` are ``<split>_<name>`` keys."""
@@ -60,6 +70,10 @@ class EarlyStopping(Callback):
         self.monitor, self.mode, self.patience, self.min_delta = monitor, mode, patience, min_delta
         self.best: float | None = None
         self.bad_evals = 0
+
+    @property
+    def state_key(self) -> str:
+        return f"EarlyStopping[{self.monitor}]"
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         if self.monitor not in metrics:

@@ -64,6 +64,8 @@ class TrainConfig:
     pretrained: bool = opt(True, "start from pretrained weights where the model has them")
     weights: str | None = opt(None, "initialise the model from this checkpoint file")
     clip_grad_norm: float | None = opt(1.0, "clip the global gradient norm to this value (none: off)")
+    max_bad_steps: int = opt(0, "skip up to N optimizer updates whose loss or gradients are NaN/inf, one log line "
+                             "each (0: stop at the first; weights are never updated with them)")
     ema_decay: float | None = opt(None, "keep an EMA of the weights with this decay and evaluate it")
     eval_every_epochs: int = opt(1, "evaluate every N epochs")
     eval_every_steps: int | None = opt(None, "also evaluate every N optimizer updates")
@@ -89,7 +91,8 @@ class TrainConfig:
         if not self.lr > 0:
             raise ConfigError(f"--lr must be > 0 (got {self.lr})")
         nonneg = {"weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
-                  "warmup_epochs": self.warmup_epochs, "min_lr": self.min_lr, "num_workers": self.num_workers}
+                  "warmup_epochs": self.warmup_epochs, "min_lr": self.min_lr, "num_workers": self.num_workers,
+                  "max_bad_steps": self.max_bad_steps}
         for name, value in nonneg.items():
             if value < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0 (got {value})")

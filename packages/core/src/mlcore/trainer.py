@@ -63,7 +63,13 @@ StepFn = Callable[[torch.nn.Module, Any], "torch.Tensor | Mapping[str, Any]"]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite; the last good checkpoint is left untouched."""
+    """The training loss or the gradients became NaN or infinite (more often than ``--max-bad-steps``
+    allows).
+
+    The weights are never updated with such gradients and a checkpoint holding a non-finite weight is
+    never written, so every file under ``checkpoints/`` is finite; the message names the step and the
+    latest checkpoint on disk.
+    """
 
 
 def _as_outputs(out: torch.Tensor | Mapping[str, Any]) -> dict[str, Any]:
@@ -152,6 +158,8 @@ class Trainer:
         self.micro_split = 1  # OOM back-off: each loaded batch runs as this many micro-batches
         self.oom_backoffs = 0
         self._stop_signal = False
+        self.bad_steps = 0  # updates skipped for a non-finite loss or gradient (--max-bad-steps)
+        self._last_saved: tuple[Path, int] | None = None  # (file, global step) of the latest last.pt
         self._resume: dict[str, Any] | None = None
         self._stats = {"samples": 0, "train_time": 0.0, "data_time": 0.0}
         self._t0 = time.perf_counter()
@@ -162,8 +170,9 @@ class Trainer:
             self.global_step = self._resume["global_step"]
             self.completed_stages = list(self._resume["completed_stages"])
             self.history = list(self._resume["history"])
-            for cb, state in zip(self.callbacks, self._resume["callbacks"], strict=False):
-                cb.load_state_dict(state)
+            self._load_callback_states(self._resume.get("callbacks", {}))
+            self.bad_steps = int(self._resume.get("bad_steps", 0))
+            self._last_saved = (resolve_resume_path(config.resume), self.global_step)
             self.logger.rewrite_metrics(self.history)  # drop rows logged after the checkpoint
             log.info("resuming from %s (stage %s, epoch %d, step %d)", config.resume,
                      self._resume["stage"], self._resume["epoch"], self.global_step)
@@ -226,10 +235,12 @@ class Trainer:
             stage_step, start_epoch, skip_batches = resume["stage_step"], resume["epoch"], resume["batch_in_epoch"]
             self.micro_split = resume.get("micro_split", 1)
             set_rng_state(resume["rng"])
+            _log_stage_config_changes(resume.get("stage_config"), cfg, stage)
         else:
             seed_everything(cfg.seed + self.global_step)
 
-        self.logger.write_config(cfg.to_dict())
+        # config.yaml stays the run's base configuration (what --resume rebuilds the stages from); this
+        # stage's overrides are saved in last.pt as "stage_config"
         log.info("stage %s: %d epochs x %d updates (accum %d, micro-batch %d, world %d), warmup %d, device %s",
                  stage, epochs, updates_per_epoch, accum, cfg.batch_size, self.world_size, warmup,
                  self.strategy.describe())
@@ -270,7 +281,8 @@ class Trainer:
                     self._stats["samples"] += n
                     self._stats["data_time"] += data_time
                     self._stats["train_time"] += data_time + time.perf_counter() - t_step
-                    train_loss_sum, train_loss_n = train_loss_sum + loss, train_loss_n + 1
+                    if math.isfinite(loss):  # a skipped bad update (--max-bad-steps) has no loss to log
+                        train_loss_sum, train_loss_n = train_loss_sum + loss, train_loss_n + 1
                     ctx["train_loss"] = (train_loss_sum, train_loss_n)
                     bar.update(1)
                     if stage_step % cfg.log_every_steps == 0:
@@ -384,16 +396,44 @@ class Trainer:
         if self.distributed:
             loss_value = float(all_reduce_sum(loss_sum.detach().reshape(1))) / self.world_size
         if not math.isfinite(loss_value):
-            optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(
-                f"non-finite training loss ({loss_value}) at optimizer step {self.global_step + 1} "
-                f"(epoch {self.epoch + 1}); last good checkpoint: {self.logger.ckpt_dir / 'last.pt'}")
+            self._skip_bad_update(optimizer, "training loss", loss_value, cfg)
+            return float("nan")
+        # gradient finiteness before the update: the clipping norm when clipping, else a foreach norm.
+        # Under DDP the gradients are already all-reduced, so every rank sees the same norm. With an
+        # fp16 GradScaler, inf/NaN gradients are the scaler's business (it skips the step, lowers the scale).
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        norm = None
         if cfg.clip_grad_norm:
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.clip_grad_norm)
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
+        elif not scaler.is_enabled() and params:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        if norm is not None and not scaler.is_enabled() and not bool(torch.isfinite(norm)):
+            self._skip_bad_update(optimizer, "gradient norm", float(norm), cfg)
+            return loss_value
         scaler.step(optimizer)
         scaler.update()
         return loss_value
+
+    def _skip_bad_update(self, optimizer, what: str, value: float, cfg: TrainConfig) -> None:
+        """Drop the window's gradients; stop (raise) once more than ``--max-bad-steps`` were skipped.
+
+        Raises:
+            NonFiniteLossError: the ``max_bad_steps + 1``-th bad update.
+        """
+        optimizer.zero_grad(set_to_none=True)
+        self.bad_steps += 1
+        step = self.global_step + 1
+        if self.bad_steps > cfg.max_bad_steps:
+            saved = (f"the latest checkpoint is {self._last_saved[0]} (optimizer step {self._last_saved[1]}, "
+                     "finite weights)" if self._last_saved is not None else "no checkpoint was written yet")
+            limit = f"; {self.bad_steps} bad updates exceed --max-bad-steps {cfg.max_bad_steps}" \
+                if cfg.max_bad_steps else "; --max-bad-steps N skips up to N such updates"
+            raise NonFiniteLossError(
+                f"non-finite {what} ({value}) at optimizer step {step} (epoch {self.epoch + 1}); the weights "
+                f"were not updated with it; {saved}{limit}")
+        log.warning("skipping optimizer step %d: non-finite %s (%s); %d of --max-bad-steps %d skipped so far",
+                    step, what, value, self.bad_steps, cfg.max_bad_steps)
 
     # ------------------------------------------------------------------------------------------
     def evaluate(self, loader: DataLoader, split: str = "val") -> dict[str, float]:
@@ -440,6 +480,16 @@ class Trainer:
         return self._write_checkpoint(obj, name)
 
     def _write_checkpoint(self, obj: dict[str, Any], name: str) -> Path:
+        """Write ``checkpoints/<name>`` atomically (+ its alias).
+
+        Raises:
+            NonFiniteLossError: a weight tensor is NaN/inf; nothing is written (never a poisoned file).
+        """
+        for key in ("model", "ema"):
+            bad = _first_non_finite(obj.get(key))
+            if bad is not None:
+                raise NonFiniteLossError(f"not writing {self.logger.ckpt_dir / name}: {key} tensor {bad!r} holds "
+                                         f"NaN/inf at optimizer step {self.global_step}")
         path = atomic_save(obj, self.logger.ckpt_dir / name)
         if name in self.checkpoint_aliases:
             link_alias(path, path.with_name(self.checkpoint_aliases[name]))
@@ -463,14 +513,40 @@ class Trainer:
             "micro_split": self.micro_split,
             "rng": get_rng_state(),
             "sampler": {"epoch": epoch, "start_batch": batch_in_epoch},
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callbacks": self._callback_states(),
+            "bad_steps": self.bad_steps,
             "best": self.best_checkpoint.best,
             "history": self.history,
             "train_loss": ctx.get("train_loss", (0.0, 0)),
-            "config": ctx["cfg"].to_dict(),
-            "domain": config_domain(ctx["cfg"]),
+            "config": self.config.to_dict(),  # the run's base config (= config.yaml)
+            "stage_config": ctx["cfg"].to_dict(),  # this stage's overrides applied
+            "domain": config_domain(self.config),
         }
-        self._write_checkpoint(state, "last.pt")
+        self._last_saved = (self._write_checkpoint(state, "last.pt"), self.global_step)
+
+    # ------------------------------------------------------------------------------------------
+    def _callback_keys(self) -> list[str]:
+        keys: list[str] = []
+        for cb in self.callbacks:
+            key, n = cb.state_key, 1
+            while key in keys:
+                n += 1
+                key = f"{cb.state_key}#{n}"
+            keys.append(key)
+        return keys
+
+    def _callback_states(self) -> dict[str, Any]:
+        """``{state_key: state}`` of every callback (matched by key on resume, not by position)."""
+        return {k: cb.state_dict() for k, cb in zip(self._callback_keys(), self.callbacks, strict=True)}
+
+    def _load_callback_states(self, saved: Mapping[str, Any] | Sequence[Any]) -> None:
+        if not isinstance(saved, Mapping):  # checkpoints written before states were keyed: no safe match
+            saved = {}
+        for key, cb in zip(self._callback_keys(), self.callbacks, strict=True):
+            if key in saved:
+                cb.load_state_dict(saved[key])
+            else:
+                log.info("callback %s has no state in the checkpoint (new on this resume): it starts fresh", key)
 
     # ------------------------------------------------------------------------------------------
     def _batches_per_epoch(self, loader: DataLoader) -> int:
@@ -567,6 +643,31 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, step: StepFn, met
         result.update(m.compute())
     model.train(was_training)
     return result
+
+
+def _first_non_finite(state: Any) -> str | None:
+    """Name of the first floating-point tensor of a state dict holding NaN/inf (None if all finite)."""
+    if not isinstance(state, Mapping):
+        return None
+    for k, v in state.items():
+        if isinstance(v, Mapping):
+            inner = _first_non_finite(v)
+            if inner is not None:
+                return f"{k}.{inner}"
+        elif isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            return str(k)
+    return None
+
+
+def _log_stage_config_changes(saved: Mapping[str, Any] | None, cfg: TrainConfig, stage: str) -> None:
+    """On resume, name the options of the interrupted stage that differ from its saved config."""
+    if not saved:
+        return
+    now = cfg.to_dict()
+    changed = sorted(k for k in now if k in saved and k not in ("resume", "max_steps") and saved[k] != now[k])
+    if changed:
+        log.warning("resuming stage %s with options changed since the checkpoint: %s", stage,
+                    ", ".join(f"{k} {saved[k]!r} -> {now[k]!r}" for k in changed))
 
 
 def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:

@@ -87,11 +87,12 @@ def train(cfg: FoodRecConfig) -> dict[str, Any]:
         if mixup is not None:
             mixup.mixup_enabled = False
         stage1 = with_overrides(cfg, epochs=cfg.stage1_epochs, lr=cfg.stage1_lr, warmup_epochs=0.0)
-        trainer.fit(train_loader, val_loader, stage="stage1", config=stage1)
-        freeze_backbone(model, False)
-        if mixup is not None:
-            mixup.mixup_enabled = True
-        summary = trainer.fit(train_loader, val_loader, stage="stage2")
+        summary = trainer.fit(train_loader, val_loader, stage="stage1", config=stage1)
+        if "stage1" in trainer.completed_stages:  # stopped inside stage 1 (--max-steps): stage 2 waits for --resume
+            freeze_backbone(model, False)
+            if mixup is not None:
+                mixup.mixup_enabled = True
+            summary = trainer.fit(train_loader, val_loader, stage="stage2")
     else:
         summary = trainer.fit(train_loader, val_loader)
     # the seed's final_model.pt: the weights training ended with (EMA if on), the classes and the history

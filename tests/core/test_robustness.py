@@ -1,0 +1,121 @@
+"""Regression tests of issue 11: stage configs and resume, callback states, non-finite gradients."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+import yaml
+
+from mlcore import EarlyStopping, NonFiniteLossError, Trainer
+from mlcore.checkpoint import load_checkpoint
+from mlcore.testing import Accuracy, TinyCNN, classification_step
+from mlcore.trainer import with_overrides
+
+
+def _all_tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _all_tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _all_tensors(v)
+
+
+def _assert_every_checkpoint_finite(run_dir):
+    files = sorted((run_dir / "checkpoints").rglob("*.pt"))
+    assert files
+    for f in files:
+        for t in _all_tensors(load_checkpoint(f)):
+            if t.is_floating_point():
+                assert torch.isfinite(t).all(), f
+
+
+def test_config_yaml_stays_the_base_config(toy):
+    """Defect 2: a per-stage config used to overwrite config.yaml, which --resume reads as the base."""
+    trainer, train, val = toy(epochs=3, lr=0.05, max_steps=3)
+    stage1 = with_overrides(trainer.config, epochs=1, lr=0.2)
+    summary = trainer.fit(train, val, stage="frozen", config=stage1)
+    assert not summary["completed"]
+    saved = yaml.safe_load((trainer.run_dir / "config.yaml").read_text())
+    assert saved["epochs"] == 3 and saved["lr"] == 0.05
+    last = load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")
+    assert last["config"]["lr"] == 0.05 and last["stage_config"]["lr"] == 0.2
+    assert last["stage_config"]["epochs"] == 1
+
+
+def test_resume_with_a_new_callback_starts_it_fresh(toy, caplog):
+    """Defect 5: states were matched by position (adding early stopping raised KeyError 'bad_evals')."""
+    trainer, train, val = toy(epochs=2, max_steps=12)
+    trainer.fit(train, val)
+    cfg = dataclasses.replace(trainer.config, resume=str(trainer.run_dir), max_steps=None,
+                              early_stopping_patience=5, monitor="val_top1", monitor_mode="max")
+    with caplog.at_level(logging.INFO, logger="mlcore.trainer"):
+        resumed = Trainer(TinyCNN(), cfg, classification_step, metrics=[Accuracy()], run_dir=trainer.run_dir)
+    assert "EarlyStopping[val_top1] has no state in the checkpoint" in caplog.text
+    early = next(cb for cb in resumed.callbacks if isinstance(cb, EarlyStopping))
+    assert early.bad_evals == 0 and early.best is None
+    assert resumed.best_checkpoint.best == trainer.best_checkpoint.best  # matched by key, not position
+    resumed.fit(train, val)
+    assert resumed.global_step == 20
+    last = load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")
+    assert set(last["callbacks"]) == {"EarlyStopping[val_top1]", "BestCheckpoint"}
+
+
+def _nan_grad_step(at_call):
+    """A classification step whose gradient (not loss) is NaN at one call."""
+    calls = {"n": 0, "hook": None}
+
+    def step(model, batch):
+        if not model.training:  # evaluation
+            return classification_step(model, batch)
+        calls["n"] += 1
+        if calls["hook"] is not None:
+            calls["hook"].remove()
+            calls["hook"] = None
+        if calls["n"] == at_call:
+            calls["hook"] = model.head.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+        return classification_step(model, batch)
+
+    return step
+
+
+@pytest.mark.parametrize("clip", [1.0, None])
+def test_nan_gradients_never_reach_a_checkpoint(toy, clip):
+    """Defect 3 bar: a finite loss with NaN gradients used to update the weights and save them."""
+    trainer, train, val = toy(epochs=1, step=_nan_grad_step(3), clip_grad_norm=clip, checkpoint_every_steps=1,
+                              eval_every_steps=1)
+    with pytest.raises(NonFiniteLossError, match="gradient norm.*optimizer step 3") as err:
+        trainer.fit(train, val)
+    assert "last good" not in str(err.value) and "optimizer step 2, finite weights" in str(err.value)
+    assert load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")["global_step"] == 2
+    _assert_every_checkpoint_finite(trainer.run_dir)
+    assert all(torch.isfinite(p).all() for p in trainer.raw_model.parameters())
+
+
+def test_max_bad_steps_skips_the_update_with_a_log_line(toy, caplog):
+    trainer, train, val = toy(epochs=1, step=_nan_grad_step(3), max_bad_steps=1, checkpoint_every_steps=1)
+    ref, _, _ = toy(epochs=1, out=str(trainer.run_dir.parent / "ref"))
+    with caplog.at_level(logging.WARNING, logger="mlcore.trainer"):
+        summary = trainer.fit(train, val)
+    assert summary["completed"] and trainer.global_step == 10 and trainer.bad_steps == 1
+    lines = [r.getMessage() for r in caplog.records if "skipping optimizer step" in r.getMessage()]
+    assert lines == ["skipping optimizer step 3: non-finite gradient norm (nan); 1 of --max-bad-steps 1 "
+                     "skipped so far"]
+    _assert_every_checkpoint_finite(trainer.run_dir)
+    assert load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")["bad_steps"] == 1
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(toy):
+    trainer, train, val = toy(epochs=1, max_steps=1)
+    trainer.fit(train, val)
+    before = (trainer.run_dir / "checkpoints" / "last.pt").read_bytes()
+    with torch.no_grad():
+        trainer.raw_model.head.bias[0] = float("inf")
+    with pytest.raises(NonFiniteLossError, match="head.bias"):
+        trainer.save_weights("last.pt")
+    assert (trainer.run_dir / "checkpoints" / "last.pt").read_bytes() == before
