@@ -382,3 +382,17 @@ def test_backbone_with_a_pretrained_text_encoder_folder(vae_run, videos_root, ti
     assert train_main(["--data", str(videos_root), "--stage", "backbone", "--vae", str(run),
                        "--text-encoder", str(tmp_path)]) == 2
     assert "--text-encoder" in capsys.readouterr().err
+
+
+def test_bad_device_is_one_line_exit_2_in_every_videogen_command(videos_root, tmp_path, capsys):
+    clip = str(videos_root / "clips" / "fire2.mp4")
+    calls = [(train_main, ["--data", str(videos_root), "--device", "gpu"]),
+             (eval_main, ["--checkpoint", str(tmp_path), "--data", str(videos_root), "--device", "gpu"]),
+             (reconstruct_main, [clip, "--checkpoint", str(tmp_path), "--out", str(tmp_path / "r.mp4"),
+                                 "--device", "gpu"]),
+             (generate_main, ["--checkpoint", str(tmp_path), "--prompt", "x", "--out", str(tmp_path / "g.mp4"),
+                              "--device", "gpu"])]
+    for fn, argv in calls:
+        assert fn(argv) == 2, fn.__name__
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--device" in err and "cuda" in err, err

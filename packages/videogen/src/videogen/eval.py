@@ -37,9 +37,9 @@ import torch.nn.functional as F
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
 from mlcore import make_loader
 from mlcore.checkpoint import CheckpointError
-from mlcore.cli import ArgumentParser, run_cli
+from mlcore.cli import ArgumentParser, device_arg, run_cli
 from mlcore.config import ConfigError
-from mlcore.devices import build_strategy
+from mlcore.devices import DEVICE_FORMS, build_strategy
 from mlcore.trainer import evaluate_model
 from videogen.data import DataError, VideoClipDataset, build_index, collate
 from videogen.metrics import ReconstructionMetrics, fvd
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fvd-min-clips", type=int, default=FVD_MIN_CLIPS,
                    help="fewest clip windows FVD is computed from (also >= feature dimension + 1)")
     p.add_argument("--steps", type=int, default=30, help="backbone: sampler steps of the generated clips")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--device", type=device_arg, default="auto", help=f"device: {DEVICE_FORMS}")
     p.add_argument("--out", default=None, help="write reconstruction/generation PNGs here")
 
     def run() -> int:

@@ -15,9 +15,9 @@ import torch
 
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
 from mlcore.checkpoint import CheckpointError, load_checkpoint
-from mlcore.cli import ArgumentParser, run_cli
+from mlcore.cli import ArgumentParser, device_arg, run_cli
 from mlcore.config import ConfigError
-from mlcore.devices import build_strategy
+from mlcore.devices import DEVICE_FORMS, build_strategy
 from videogen.data import DataError, probe_clip, read_clip
 from videogen.metrics import psnr, psnr_trilinear
 from videogen.models import TextToVideo, VideoVAE, build_text_to_video, build_vae, model_size
@@ -190,7 +190,7 @@ def reconstruct_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--start", type=float, default=0.0, help="start time in seconds (inside the clip)")
     p.add_argument("--num-frames", type=int, default=None, help="frames, a multiple of 4 (none: the training T)")
     p.add_argument("--image-size", type=int, default=None, help="frame size in px (none: the training size)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--device", type=device_arg, default="auto", help=f"device: {DEVICE_FORMS}")
 
     def run() -> int:
         args = p.parse_args(argv)
@@ -235,7 +235,7 @@ def generate_main(argv: Sequence[str] | None = None) -> int:
                                                               "--timestep-shift)")
     p.add_argument("--fps", type=float, default=None, help="frame rate of the mp4 (none: the training fps)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--device", type=device_arg, default="auto", help=f"device: {DEVICE_FORMS}")
 
     def run() -> int:
         args = p.parse_args(argv)
