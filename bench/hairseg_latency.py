@@ -1,35 +1,32 @@
-"""Benchmark: CPU latency of one 384x384 photo through eager PyTorch, TorchScript and ONNX Runtime.
+"""Benchmark: CPU latency of one 384x384 photo and held-out IoU of each hairseg inference variant.
 
-Usage: ``uv run --no-sync python bench/hairseg_latency.py [--encoder mobilenet_v2] [--checkpoint PATH]
-[--image-size 384] [--warmup 3] [--runs 10] [--threads N]``.
+Usage: ``uv run --no-sync python bench/hairseg_latency.py [--checkpoint PATH | --encoder NAME] [--image-size 384]
+[--warmup 3] [--runs 20] [--iou-limit 40] [--calibration-images 32] [--threads N]``.
 
-The photo is the first Figaro-1k sample under ``$MLDATA_ROOT/figaro1k`` (default ``../shared/data`` next to the
-repository) resized to ``S x S`` (noise when the data is absent). The model is ``--checkpoint`` (an mlcore
-checkpoint) or an untrained U-Net of ``--encoder`` (latency does not depend on the weights). It is exported with
-:mod:`hairseg.export` to a temporary folder, exactly as ``hairseg-export`` does.
+The model is ``--checkpoint`` (an mlcore checkpoint) or an untrained U-Net of ``--encoder`` (latency does not
+depend on the weights; the IoU then means nothing and is skipped). It is exported exactly as ``hairseg-export``
+does, to TorchScript, ONNX and ONNX int8 (static QDQ, calibrated on ``--calibration-images`` photos of the
+*train* split: :func:`hairseg.export.quantize_onnx`), in a temporary folder.
 
-Variants, all on the same ``(1, 3, S, S)`` float32 input, batch 1:
+Variants, all on the same letterboxed ``(1, 3, S, S)`` float32 input of a real Figaro-1k photo, batch 1:
 
-- eager: ``torch.no_grad`` (reference), ``torch.inference_mode``, ``inference_mode`` + ``channels_last``;
-- TorchScript: the exported archive, ``torch.jit.freeze`` of it, ``freeze`` + ``torch.jit.optimize_for_inference``;
-- ONNX Runtime (CPUExecutionProvider, default threads): graph optimisation ``ORT_ENABLE_BASIC``,
-  ``ORT_ENABLE_EXTENDED``, ``ORT_ENABLE_ALL``, and ``ORT_ENABLE_ALL`` without busy-waiting
-  (``session.intra_op.allow_spinning=0``).
-
-On a CPU shared with other processes, set ``OMP_WAIT_POLICY=PASSIVE`` (read when torch starts): PyTorch's
-OpenMP threads otherwise spin at barriers and, oversubscribed, eager/TorchScript get ~10x slower.
+- eager PyTorch as ``TorchPredictor`` runs it (``inference_mode``, ``channels_last``);
+- TorchScript frozen (``TorchScriptPredictor``);
+- ONNX Runtime fp32 (``OnnxPredictor``: default threads; and 2 threads without spinning);
+- ONNX Runtime int8 QDQ (the same two thread settings).
 
 Timing is round-robin: each of ``--runs`` rounds calls every variant once, so background load on the shared
-CPU hits all variants alike; the median per variant is reported with its ratio to eager ``no_grad``
-(>1 = faster) and its max abs logit difference to it. Then ``segment_hair`` end to end (preprocess + model +
-post-processing) is timed with the predictor class of the fastest backend (as shipped: ``TorchPredictor``,
-``TorchScriptPredictor`` or ``OnnxPredictor``), with its stages broken down. The 1-minute load average is
-printed before and after (other processes may share the cores).
+CPU hits all variants alike; the median per variant is reported with its ratio to eager. IoU: each variant's
+predictor is scored with :func:`hairseg.eval.evaluate_predictor` (full photo resolution, pooled IoU) on the first
+``--iou-limit`` photos of the **test** split (never used for selection) with the checkpoint's split seed and
+fractions. The 1-minute load average is printed before and after (other processes share the cores). The last
+line of stdout is JSON: ``{"variants": {name: {"ms", "iou"}}, "load": [before, after], ...}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -40,21 +37,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import torch
-from PIL import Image
 from tqdm import tqdm
 
-from hairseg.data import find_samples, load_image, preprocess_image
-from hairseg.export import export_onnx, export_torchscript, metadata_for
-from hairseg.inference import (
-    OnnxPredictor,
-    TorchPredictor,
-    TorchScriptPredictor,
-    quiet_torchscript_warnings,
-    segment_hair,
-    sigmoid,
-)
+from hairseg.data import find_samples, load_image
+from hairseg.eval import evaluate_predictor
+from hairseg.export import calibration_inputs, export_onnx, export_torchscript, metadata_for, quantize_onnx
+from hairseg.inference import OnnxPredictor, TorchPredictor, TorchScriptPredictor, quiet_torchscript_warnings
 from hairseg.models import ENCODERS, build_model
-from hairseg.recolor import postprocess_mask
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,26 +52,6 @@ def data_root() -> Path:
     """``$MLDATA_ROOT`` or ``../shared/data`` seen from the repository root."""
     env = os.environ.get("MLDATA_ROOT")
     return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
-
-
-def load_photo(size: int) -> tuple[np.ndarray, str]:
-    """The first Figaro-1k photo resized to ``(size, size, 3) uint8`` (bilinear), or seeded noise."""
-    root = data_root() / "figaro1k"
-    if root.is_dir():
-        sample = find_samples(root, "all")[0]
-        image = Image.fromarray(load_image(sample.image)).resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(image), f"{sample.image.name} resized to {size}x{size}"
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (size, size, 3), dtype=np.uint8), f"uniform noise {size}x{size} (no Figaro data)"
-
-
-def ort_session(path: Path, level: ort.GraphOptimizationLevel, spinning: bool = True) -> ort.InferenceSession:
-    """A CPU session at graph optimisation ``level``, default thread count, optionally without busy-waiting."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = level
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def round_robin(fns: dict[str, Callable[[], object]], warmup: int, runs: int) -> dict[str, float]:
@@ -100,19 +69,22 @@ def round_robin(fns: dict[str, Callable[[], object]], warmup: int, runs: int) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Parse arguments, export the model, time every variant and print the tables."""
+    """Parse arguments, export the model, time and score every variant, print the table and a JSON line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--encoder", default="mobilenet_v2", choices=ENCODERS, help="untrained U-Net encoder")
+    parser.add_argument("--encoder", default="efficientnet-lite0", choices=ENCODERS, help="untrained U-Net encoder")
     parser.add_argument("--checkpoint", type=Path, default=None, help="mlcore checkpoint instead of --encoder")
-    parser.add_argument("--image-size", type=int, default=384, help="photo and model input side S, px")
+    parser.add_argument("--image-size", type=int, default=384, help="model input side S, px")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per variant")
-    parser.add_argument("--runs", type=int, default=10, help="timed rounds (median reported)")
+    parser.add_argument("--runs", type=int, default=20, help="timed rounds (median reported)")
+    parser.add_argument("--iou-limit", type=int, default=40, help="test photos scored per variant (0: skip IoU)")
+    parser.add_argument("--calibration-images", type=int, default=32, help="train photos calibrating int8")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     size = args.image_size
     load_before = os.getloadavg()[0]
+    figaro = data_root() / "figaro1k"
 
     with tempfile.TemporaryDirectory(prefix="hairseg-latency-") as tmp:
         tmp_dir = Path(tmp)
@@ -124,92 +96,63 @@ def main(argv: list[str] | None = None) -> None:
                         "config": {"encoder": args.encoder, "image_size": size}}, ckpt)
         eager = TorchPredictor(ckpt, image_size=size)
         encoder = eager.config["encoder"]
-        photo, photo_source = load_photo(size)
-        x = preprocess_image(photo, size)
-        meta = metadata_for(encoder, size, "bench")
-        ts_path, onnx_path = tmp_dir / "model.pt", tmp_dir / "model.onnx"
-        export_torchscript(eager.model, ts_path, meta, x)
-        export_onnx(eager.model, onnx_path, meta, x)
+        split_kw = {k: eager.config[k] for k in ("seed", "val_fraction", "test_fraction") if k in eager.config}
+        photo_path = find_samples(figaro, "test", **split_kw)[0].image
+        x = eager.preprocess(load_image(photo_path))
+        meta = metadata_for(encoder, size, "bench", eager.mean, eager.std)
+        ts_path, onnx_path, int8_path = tmp_dir / "model.pt", tmp_dir / "model.onnx", tmp_dir / "model.int8.onnx"
+        export_torchscript(eager.model, ts_path, meta, torch.from_numpy(x))
+        export_onnx(eager.model, onnx_path, meta, torch.from_numpy(x))
+        calib = calibration_inputs(figaro, size, n=args.calibration_images, mean=eager.mean, std=eager.std, **split_kw)
+        start = time.perf_counter()
+        quantize_onnx(onnx_path, int8_path, calib)
+        quantize_s = time.perf_counter() - start
 
-        model = eager.model
-        model_cl = build_model(encoder).eval()
-        model_cl.load_state_dict(model.state_dict())
-        model_cl = model_cl.to(memory_format=torch.channels_last)
-        x_cl = x.contiguous(memory_format=torch.channels_last)
         with quiet_torchscript_warnings():
-            scripted = torch.jit.load(str(ts_path)).eval()
-            frozen = torch.jit.freeze(torch.jit.load(str(ts_path)).eval())
-            optimised = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.load(str(ts_path)).eval()))
-        sessions = {level: ort_session(onnx_path, getattr(ort.GraphOptimizationLevel, level))
-                    for level in ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")}
-        no_spin = ort_session(onnx_path, ort.GraphOptimizationLevel.ORT_ENABLE_ALL, spinning=False)
-        x_np = x.numpy()
-
-        def no_grad(m: Callable, inp: torch.Tensor) -> Callable[[], torch.Tensor]:
-            def run() -> torch.Tensor:
-                with torch.no_grad():
-                    return m(inp)
-            return run
-
-        def inference(m: Callable, inp: torch.Tensor) -> Callable[[], torch.Tensor]:
-            def run() -> torch.Tensor:
-                with torch.inference_mode():
-                    return m(inp)
-            return run
-
-        variants: dict[str, Callable[[], object]] = {
-            "eager no_grad": no_grad(model, x),
-            "eager inference_mode": inference(model, x),
-            "eager inference_mode + channels_last": inference(model_cl, x_cl),
-            "torchscript (exported)": inference(scripted, x),
-            "torchscript frozen": inference(frozen, x),
-            "torchscript frozen + optimize_for_inference": inference(optimised, x),
-            **{f"onnxruntime {level}": (lambda s=s: s.run(None, {"image": x_np})[0]) for level, s in sessions.items()},
-            "onnxruntime ORT_ENABLE_ALL, no spinning": lambda: no_spin.run(None, {"image": x_np})[0],
-        }
-        with torch.inference_mode():
-            ref = model(x).numpy()
-        diffs = {}
-        for key, fn in variants.items():
-            with quiet_torchscript_warnings():
-                out = fn()
-            out = out if isinstance(out, np.ndarray) else out.contiguous().numpy()
-            diffs[key] = float(np.abs(out - ref).max())
-        with quiet_torchscript_warnings():
-            medians = round_robin(variants, args.warmup, args.runs)
-
-        # The shipped predictor classes, timed on the model alone, then segment_hair end to end.
-        predictors = {"eager": eager, "torchscript": TorchScriptPredictor(ts_path), "onnx": OnnxPredictor(onnx_path)}
-        shipped = round_robin({k: (lambda p=p: p.predict_logits(x_np)) for k, p in predictors.items()},
-                              args.warmup, args.runs)
-        fastest = min(shipped, key=shipped.get)
-        pred = predictors[fastest]
-        stages = round_robin({
-            "preprocess_image": lambda: preprocess_image(photo, size),
-            "model (predict_logits)": lambda: pred.predict_logits(x_np),
-            "sigmoid + resize + postprocess_mask": lambda: postprocess_mask(
-                sigmoid(ref[0, 0]), photo.shape[:2]),
-            "segment_hair end to end": lambda: segment_hair(photo, pred),
-        }, args.warmup, args.runs)
+            predictors = {
+                "eager (TorchPredictor)": eager,
+                "torchscript frozen": TorchScriptPredictor(ts_path, image_size=size),
+                "onnx fp32": OnnxPredictor(onnx_path),
+                "onnx fp32, 2 threads, no spinning": OnnxPredictor(onnx_path, threads=2, spinning=False),
+                "onnx int8 QDQ": OnnxPredictor(int8_path),
+                "onnx int8 QDQ, 2 threads, no spinning": OnnxPredictor(int8_path, threads=2, spinning=False),
+            }
+            ref = eager.predict_logits(x)
+            diffs = {k: float(np.abs(p.predict_logits(x) - ref).max()) for k, p in predictors.items()}
+            medians = round_robin({k: (lambda p=p: p.predict_logits(x)) for k, p in predictors.items()},
+                                  args.warmup, args.runs)
+        load_mid = os.getloadavg()[0]
+        ious: dict[str, float | None] = dict.fromkeys(predictors)
+        n_test = 0
+        if args.iou_limit and args.checkpoint is not None:
+            samples = find_samples(figaro, "test", **split_kw)[: args.iou_limit]
+            n_test = len(samples)
+            for key, p in predictors.items():
+                if "2 threads" in key:  # same model file as the default-thread variant: same predictions
+                    continue
+                ious[key] = evaluate_predictor(p, samples)["iou"]
+            for key in predictors:
+                if ious[key] is None and "2 threads" in key:
+                    ious[key] = ious[key.split(",")[0]]
     load_after = os.getloadavg()[0]
 
-    base = medians["eager no_grad"]
+    base = medians["eager (TorchPredictor)"]
     print(f"\nhairseg CPU latency: Unet({encoder}) {'from ' + str(args.checkpoint) if args.checkpoint else 'untrained'}"
-          f", input 1x3x{size}x{size}, photo {photo_source}")
+          f", input 1x3x{size}x{size} (letterboxed {photo_path.name})")
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} CPUs, load average {load_before:.2f} -> {load_after:.2f}; "
-          f"median of {args.runs} round-robin runs after {args.warmup} warm-up")
-    print(f"\n| {'variant':<45} | {'median ms':>9} | {'vs eager':>8} | {'max abs diff':>12} |")
-    print(f"|{'-' * 47}|{'-' * 11}:|{'-' * 9}:|{'-' * 13}:|")
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} CPUs, load average "
+          f"{load_before:.2f} -> {load_mid:.2f} (timing) -> {load_after:.2f}; median of {args.runs} round-robin runs "
+          f"after {args.warmup} warm-up; int8 calibrated on {len(calib)} train photos in {quantize_s:.1f} s")
+    iou_head = f"IoU test ({n_test})" if n_test else "IoU"
+    print(f"\n| {'variant':<40} | {'median ms':>9} | {'vs eager':>8} | {'max abs logit diff':>18} | {iou_head:>14} |")
+    print(f"|{'-' * 42}|{'-' * 11}:|{'-' * 9}:|{'-' * 19}:|{'-' * 15}:|")
     for key, ms in medians.items():
-        print(f"| {key:<45} | {ms:>9.1f} | {base / ms:>7.2f}x | {diffs[key]:>12.2e} |")
-    print("\nshipped predictors (predict_logits): "
-          + ", ".join(f"{k} {v:.1f} ms ({shipped['eager'] / v:.2f}x)" for k, v in shipped.items())
-          + f"; fastest: {fastest}")
-    print(f"\n| {'segment_hair stage (' + fastest + ')':<45} | {'median ms':>9} |")
-    print(f"|{'-' * 47}|{'-' * 11}:|")
-    for key, ms in stages.items():
-        print(f"| {key:<45} | {ms:>9.1f} |")
+        iou = f"{ious[key]:.4f}" if ious[key] is not None else "-"
+        print(f"| {key:<40} | {ms:>9.1f} | {base / ms:>7.2f}x | {diffs[key]:>18.2e} | {iou:>14} |")
+    print(json.dumps({"model": f"Unet({encoder})", "checkpoint": str(args.checkpoint) if args.checkpoint else None,
+                      "image_size": size, "test_photos": n_test, "load": [load_before, load_mid, load_after],
+                      "variants": {k: {"ms": round(medians[k], 2), "iou": ious[k], "max_abs_logit_diff": diffs[k]}
+                                   for k in medians}}))
 
 
 if __name__ == "__main__":

@@ -321,20 +321,24 @@ class OnnxPredictor(_ModelPredictor):
     """An ONNX model run by ONNX Runtime (``CPUExecutionProvider``; CUDA first when ``device`` is cuda and
     onnxruntime-gpu is installed).
 
-    Threads: ``intra_op_num_threads`` is left at ONNX Runtime's default (one per physical core); graph
-    optimisation at ``ORT_ENABLE_ALL`` (also its default).
+    Threads: ``intra_op_num_threads`` is ``threads`` (default: ONNX Runtime's, one per physical core);
+    ``spinning=False`` turns off busy-waiting; graph optimisation at ``ORT_ENABLE_ALL`` (also its default).
+    Int8 (QDQ) files from ``hairseg-export --quantize`` load the same way.
 
     Args:
         path: the ``.onnx`` file; input ``image`` ``(N, 3, S, S)``, output ``logits`` ``(N, 1, S, S)``.
         device: ``"cpu"`` or ``"cuda[:k]"``.
         image_size: S in px; default the ``image_size`` metadata prop, else a static input shape.
+        threads: ONNX Runtime intra-op threads (default: its own choice).
+        spinning: allow busy-waiting of the intra-op threads (ONNX Runtime's default).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ModelFormatError: ONNX Runtime cannot load it, or no image size known.
     """
 
-    def __init__(self, path: str | Path, *, device: str = "cpu", image_size: int | None = None) -> None:
+    def __init__(self, path: str | Path, *, device: str = "cpu", image_size: int | None = None,
+                 threads: int | None = None, spinning: bool = True) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -345,6 +349,10 @@ class OnnxPredictor(_ModelPredictor):
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        if not spinning:  # no busy-waiting between ops: kinder to cores shared with other processes
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own (non-exported) exception types
