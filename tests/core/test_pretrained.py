@@ -9,8 +9,12 @@ import torch
 from PIL import Image
 
 from mlcore.pretrained import (
+    EFFICIENTNET_LITE0_SMP_ENCODER,
+    data_config,
+    efficientnet_lite0,
     efficientnet_lite0_imagenet_state_dict,
     efficientnet_lite0_weights_path,
+    load_efficientnet_lite0_encoder,
     map_state_dict_in_order,
 )
 from tests.conftest import require_data
@@ -57,7 +61,7 @@ def test_wrong_file_raises(tmp_path):
     bad = tmp_path / "truncated.pth"
     source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
     torch.save(dict(list(source.items())[1:]), bad)
-    with pytest.raises(ValueError, match="truncated.pth: does not map onto timm efficientnet_lite0: state dict has 295 tensors"):
+    with pytest.raises(ValueError, match="truncated.pth: does not map onto timm tf_efficientnet_lite0: state dict has 295 tensors"):
         efficientnet_lite0_imagenet_state_dict(bad)
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         efficientnet_lite0_imagenet_state_dict(tmp_path / "missing.pth")
@@ -85,6 +89,52 @@ def test_mapped_classifier_recognises_a_real_photo(mapped):
     assert entropy(probs).mean() < entropy(probs_random).mean() - 1.5
     assert probs.max(1).values.max() > 0.3
     assert (probs.argmax(1) == _IMAGENET_HOTDOG).sum() >= 2  # the photos show hot dogs
+
+
+# ImageNet-1k indices of the sample classes that are ImageNet classes (issue 17): the 21 hot dog and
+# pizza photos of the food sample and the first 24 daisies of the flowers sample, 45 photos.
+_IMAGENET_CLASSES = {("food101_sample", "food-101", "images", "hot_dog"): (934, None),
+                     ("food101_sample", "food-101", "images", "pizza"): (963, None),
+                     ("flowers", "daisy"): (985, 24)}
+
+
+def test_efficientnet_lite0_with_its_own_data_config_scores_imagenet_photos():
+    """Issue 17's bar: top-1 >= 0.5 on the 45 photos with the model's own preprocessing (today's
+    efficientnet_lite0 + ImageNet mean/std scored 0.22; tf_efficientnet_lite0 + 0.498/0.502 0.58)."""
+    from timm.data import create_transform, resolve_data_config
+
+    model = efficientnet_lite0().eval()
+    assert model.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
+    cfg = data_config(model)
+    assert cfg["mean"] == pytest.approx((127 / 255,) * 3) and cfg["std"] == pytest.approx((128 / 255,) * 3)
+    assert (cfg["size"], cfg["interpolation"], cfg["crop_pct"]) == (224, "bicubic", pytest.approx(0.875))
+    transform = create_transform(**resolve_data_config(model=model))
+    images, labels = [], []
+    for parts, (label, limit) in _IMAGENET_CLASSES.items():
+        photos = sorted(require_data(*parts).glob("*.jpg"))[:limit]
+        images += [transform(Image.open(p).convert("RGB")) for p in photos]
+        labels += [label] * len(photos)
+    assert len(images) == 45
+    with torch.no_grad():
+        pred = model(torch.stack(images)).argmax(1)
+    top1 = (pred == torch.tensor(labels)).float().mean().item()
+    assert top1 >= 0.5, top1
+
+
+def test_efficientnet_lite0_heads_and_smp_encoder():
+    import segmentation_models_pytorch as smp
+
+    ref = efficientnet_lite0()
+    body = efficientnet_lite0(num_classes=0)
+    assert body.pretrained_cfg["num_classes"] == 0
+    assert torch.equal(body.conv_stem.weight, ref.conv_stem.weight)
+    assert efficientnet_lite0(num_classes=7).classifier.out_features == 7
+    unet = smp.Unet(EFFICIENTNET_LITE0_SMP_ENCODER, encoder_weights=None, classes=1)
+    load_efficientnet_lite0_encoder(unet.encoder)
+    assert torch.equal(unet.encoder.model.conv_stem.weight, ref.conv_stem.weight)
+    assert data_config(unet)["mean"] == pytest.approx((127 / 255,) * 3)
+    with pytest.raises(RuntimeError, match="encoder tensors got no value"):
+        load_efficientnet_lite0_encoder(smp.Unet("resnet18", encoder_weights=None).encoder)
 
 
 def test_mlcore_does_not_import_timm_and_names_it_when_missing(monkeypatch):

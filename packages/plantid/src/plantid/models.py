@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlcore.pretrained import efficientnet_lite0_imagenet_state_dict
+from mlcore.pretrained import efficientnet_lite0
 
 DINOV2_HUB_IDS = {"dinov2_small": "facebook/dinov2-small", "dinov2_base": "facebook/dinov2-base",
                   "dinov2_large": "facebook/dinov2-large"}
@@ -171,13 +171,8 @@ def build_model(model_type: str = "dinov2_small", num_classes: int = 5, *, pretr
     else:
         if weights_dir is not None:
             raise ValueError("--weights DIR (a Hugging Face folder) applies to DINOv2 model types only")
-        import timm
-
-        backbone = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0)
-        if pretrained:
-            state = {k: v for k, v in efficientnet_lite0_imagenet_state_dict().items()
-                     if not k.startswith("classifier.")}
-            backbone.load_state_dict(state, strict=True)
+        # tf_efficientnet_lite0 (TF "same" padding) with the offline weights and their pretrained_cfg
+        backbone = efficientnet_lite0(num_classes=0, pretrained=pretrained)
         features = backbone.num_features
     if head == "linear":
         head_module: nn.Module = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_classes))

@@ -29,12 +29,12 @@ import torch
 from segmentation_models_pytorch.base import SegmentationHead
 
 from mlcore.checkpoint import CheckpointError, load_checkpoint
-from mlcore.pretrained import efficientnet_lite0_imagenet_state_dict
+from mlcore.pretrained import EFFICIENTNET_LITE0_SMP_ENCODER, load_efficientnet_lite0_encoder
 
 log = logging.getLogger("roofseg.models")
 
 ENCODERS: dict[str, str] = {
-    "efficientnet-lite0": "tu-efficientnet_lite0",
+    "efficientnet-lite0": EFFICIENTNET_LITE0_SMP_ENCODER,  # tu-tf_efficientnet_lite0: TF "same" padding
     "resnet34": "resnet34",
     "mobilenet_v2": "mobilenet_v2",
 }
@@ -103,16 +103,7 @@ def load_efficientnet_lite0_offline(encoder: torch.nn.Module) -> None:
         FileNotFoundError: the weights package is missing.
         RuntimeError: some encoder tensor got no value.
     """
-    timm_state = efficientnet_lite0_imagenet_state_dict()
-    enc_state = encoder.state_dict()
-    loaded = {k: timm_state[k.removeprefix("model.")] for k in enc_state
-              if k.removeprefix("model.") in timm_state
-              and timm_state[k.removeprefix("model.")].shape == enc_state[k].shape}
-    missing = [k for k in enc_state if k not in loaded]
-    if missing:
-        raise RuntimeError(f"offline efficientnet-lite0 weights: {len(missing)} encoder tensors got no value, "
-                           f"e.g. {missing[:3]}")
-    encoder.load_state_dict(loaded, strict=True)
+    load_efficientnet_lite0_encoder(encoder)  # also attaches the weights' own data config (pretrained_cfg)
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
