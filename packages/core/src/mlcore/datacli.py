@@ -7,7 +7,6 @@ A domain builds its entry point from its registry of :class:`~mlcore.download.Da
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,7 +24,9 @@ def make_data_main(registry: Mapping[str, DatasetSpec], prog: str) -> Callable[[
     """
 
     def main(argv: list[str] | None = None) -> int:
-        parser = argparse.ArgumentParser(prog=prog, description="Download public datasets.")
+        from mlcore.cli import ArgumentParser  # one-line flag errors, exit 2 (subcommands too)
+
+        parser = ArgumentParser(prog=prog, description="Download public datasets.")
         sub = parser.add_subparsers(dest="command", required=True)
         dl = sub.add_parser("download", help="download a dataset into its own layout")
         dl.add_argument("name", metavar="NAME", help="dataset name (see `list`)")

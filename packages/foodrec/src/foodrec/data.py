@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from PIL import Image
 from torchvision import tv_tensors
@@ -34,6 +33,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog, stratified_split  # noqa: F401  (the constants re-exported)
+from mlcore.images import load_rgb
 
 PATH_COLUMNS = ("image_path", "path")
 LABEL_COLUMNS = ("label", "class")
@@ -304,8 +304,7 @@ def load_image(path: str | Path) -> tv_tensors.Image:
     Raises ``DataError`` naming ``path`` when it is missing, not an image, or truncated/corrupt.
     """
     try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+        array = load_rgb(path)  # EXIF orientation applied, then RGB
     except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError for some broken headers
         raise DataError(f"cannot read image {path}: {err}") from err
     return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous())

@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
-from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog, stratified_split
+from mlcore.images import load_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPECIES_NAMES_FILE = "plantnet300K_species_id_2_name.json"
@@ -205,8 +204,7 @@ def load_image(path: str | Path) -> tv_tensors.Image:
     Raises ``DataError`` naming ``path`` when it is missing, not an image, or truncated.
     """
     try:
-        with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+        array = load_rgb(path)  # EXIF orientation applied, then RGB
     except (OSError, ValueError, SyntaxError) as err:  # PIL raises SyntaxError for some broken headers
         raise DataError(f"cannot read image {path}: {err}") from err
     return tv_tensors.Image(torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous())
