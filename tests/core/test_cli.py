@@ -6,6 +6,7 @@ import dataclasses
 import sys
 
 import pytest
+import torch
 
 from mlcore.cli import build_parser, parse_config, run_cli
 from mlcore.config import ConfigError, TrainConfig, opt
@@ -94,7 +95,7 @@ def test_unparsable_flag_is_one_line_exit_2(capsys):
 def test_resume_uses_saved_config_and_flags_override(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.pt").write_bytes(b"x")
+    torch.save({"model": {}}, run / "checkpoints" / "last.pt")  # --resume checks the file before any work
     (run / "config.yaml").write_text("epochs: 4\nbatch_size: 6\nencoder: large\n")
     cfg = _parse(["--resume", str(run), "--epochs", "8"])
     assert (cfg.epochs, cfg.batch_size, cfg.encoder, cfg.resume) == (8, 6, "large", str(run))

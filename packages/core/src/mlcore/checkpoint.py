@@ -156,7 +156,8 @@ def _unsafe_global(path: Path, exc: BaseException) -> str | None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", *,
-                    expect_domain: str | None = None, flag: str | None = None) -> dict[str, Any]:
+                    expect_domain: str | None = None, flag: str | None = None, mmap: bool = False
+                    ) -> dict[str, Any]:
     """Load a checkpoint dict safely (``torch.load(..., weights_only=True)``).
 
     Args:
@@ -166,6 +167,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
         expect_domain: the domain package reading it (``"hairseg"``); a checkpoint that records another
             domain is refused. Checkpoints that record none are accepted.
         flag: the flag the path came from (``"--weights"``), used to start the error message.
+        mmap: memory-map the tensors instead of reading them (a cheap validity check of a large file;
+            ignored for pre-zip torch files).
 
     Returns:
         The checkpoint mapping (tensors on ``map_location``).
@@ -186,7 +189,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     try:
         with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": not for the user
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location=map_location, weights_only=True)
+            with open(path, "rb") as f:
+                zipped = f.read(4) == b"PK\x03\x04"
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipped)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad checkpoint
         unsafe = _unsafe_global(path, exc)
         if unsafe is not None:  # never suggest weights_only=False, as torch's own message does

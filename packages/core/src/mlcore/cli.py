@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 
 import yaml
 
-from mlcore.checkpoint import CheckpointError, UserInputError, resolve_resume_path
+from mlcore.checkpoint import (
+    CheckpointError,
+    UserInputError,
+    config_domain,
+    load_checkpoint,
+    resolve_resume_path,
+)
 from mlcore.config import ConfigError, TrainConfig, flag
 from mlcore.devices import DeviceError, check_device
 from mlcore.runlog import setup_logging
@@ -252,6 +258,8 @@ def parse_config(config_cls: type[C], argv: Sequence[str] | None = None, *, prog
             ckpt = resolve_resume_path(args["resume"])
         except CheckpointError as exc:
             raise ConfigError(str(exc)) from exc
+        if ckpt.is_file():  # an empty, truncated, unsafe or other-domain file: one line before any work
+            load_checkpoint(ckpt, flag="--resume", expect_domain=config_domain(config), mmap=True)
         saved = ckpt.parent.parent / "config.yaml"
         if saved.is_file():
             # resume and max_steps are about one invocation (where to stop), not the run itself

@@ -123,7 +123,7 @@ class TrainConfig:
         if self.weights is not None and not self.resume:
             # fail before any data is scanned: empty, truncated, unsafe or another domain's file
             # (CheckpointError, one line, exit 1)
-            load_checkpoint(self.weights, expect_domain=config_domain(self), flag="--weights")
+            load_checkpoint(self.weights, expect_domain=config_domain(self), flag="--weights", mmap=True)
 
     def best_monitor_list(self) -> list[tuple[str, str]]:
         """``[(metric, mode), ...]`` for best checkpoints: ``--monitor`` first, then ``--best-monitors``."""

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlcore.checkpoint import load_checkpoint
 from mlcore.config import ConfigError, TrainConfig, opt, sample_data_dir
 from plantid.models import HEADS, MODEL_TYPES, PATCH_SIZE
 
@@ -67,6 +68,8 @@ class PlantIdConfig(TrainConfig):
             if not (w.is_file() or (w / "config.json").is_file()):
                 raise ConfigError(f"--weights {weights}: expected a plantid .pt checkpoint or a Hugging Face "
                                   "folder with config.json")
+            if w.is_file():  # empty, truncated, unsafe or other-domain file: one line before any work
+                load_checkpoint(w, expect_domain="plantid", flag="--weights", mmap=True)
             if w.is_dir() and not self.model_type.startswith("dinov2"):
                 raise ConfigError(f"--weights {weights}: a Hugging Face folder needs a DINOv2 --model-type")
         if self.model_type.startswith("dinov2") and self.image_size % PATCH_SIZE:
