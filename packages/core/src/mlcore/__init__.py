@@ -22,21 +22,43 @@ MPS_ENV_DEFAULTS = {
 
 
 ENVIRONMENT_CONFIGURED = False
+TORCH_IMPORTED_FIRST = False
+"""True when torch was already imported when :func:`configure_environment` ran (the OpenMP settings
+then came too late for this process; domain packages import ``mlcore`` first to avoid that)."""
+
+
+def cpu_env_defaults() -> dict[str, str]:
+    """OpenMP settings that keep a CPU run fast next to other jobs (issue 17): ``OMP_WAIT_POLICY=PASSIVE``
+    (idle OpenMP threads sleep instead of spinning: two PyTorch jobs on the same cores ran at 0.12x
+    of alone with the default policy, 0.53x with PASSIVE) and ``OMP_NUM_THREADS`` = the cores this
+    process may run on (``os.sched_getaffinity``; ``os.cpu_count`` where that does not exist), so a
+    job limited by ``taskset``/cgroups does not start a thread per host core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS / Windows
+        cores = os.cpu_count() or 1
+    return {"OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": str(max(1, cores))}
 
 
 def configure_environment(platform: str = sys.platform) -> dict[str, str]:
-    """Set the MPS allocator/fallback variables (macOS only) unless the user already set them.
+    """Set process-wide variables torch reads once at start-up, unless the user already set them:
+    the OpenMP wait policy and thread count (:func:`cpu_env_defaults`, every platform) and the MPS
+    allocator/fallback variables (macOS only). ``--torch-threads`` style flags still override the
+    thread count later (``torch.set_num_threads``).
 
     Returns the variables this call set.
     """
-    global ENVIRONMENT_CONFIGURED
+    global ENVIRONMENT_CONFIGURED, TORCH_IMPORTED_FIRST
     ENVIRONMENT_CONFIGURED = True
+    TORCH_IMPORTED_FIRST = "torch" in sys.modules
     applied: dict[str, str] = {}
+    wanted = dict(cpu_env_defaults())
     if platform == "darwin":
-        for key, value in MPS_ENV_DEFAULTS.items():
-            if key not in os.environ:
-                os.environ[key] = value
-                applied[key] = value
+        wanted.update(MPS_ENV_DEFAULTS)
+    for key, value in wanted.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            applied[key] = value
     return applied
 
 
