@@ -95,7 +95,44 @@ def bad(tmp_path_factory) -> Path:
     from PIL import Image
     Image.new("RGB", (32, 32), (90, 120, 30)).save(d / "photo.jpg")
     (d / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    _videogen_files(d)
     return d
+
+
+def _videogen_files(d: Path) -> None:
+    """videogen's rows: a 3 s clip cut in half with its index at the front ("faststart", a partly
+    downloaded file) and at the end, a zero-byte mp4, a folder whose captions.csv lists the cut clip,
+    and a tiny VAE checkpoint (untrained) to run them against."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    from videogen.models import build_vae, model_size
+
+    rng = np.random.default_rng(0)
+    for name, options in (("cut_front.mp4", {"movflags": "faststart"}), ("cut_end.mp4", {})):
+        full = d / f"full_{name}"
+        with av.open(str(full), "w", format="mp4", options=options) as c:
+            s = c.add_stream("libx264", rate=Fraction(10))
+            s.width = s.height = 32
+            s.pix_fmt = "yuv420p"
+            for _ in range(30):
+                frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8), format="rgb24")
+                for p in s.encode(frame):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        data = full.read_bytes()
+        (d / name).write_bytes(data[: len(data) // 2])
+    (d / "zero.mp4").write_bytes(b"")
+    (d / "cut_videos" / "clips").mkdir(parents=True)
+    (d / "cut_videos" / "clips" / "cut.mp4").write_bytes((d / "cut_front.mp4").read_bytes())
+    (d / "cut_videos" / "clips" / "ok.mp4").write_bytes((d / "full_cut_front.mp4").read_bytes())
+    (d / "cut_videos" / "captions.csv").write_text("path,caption\nclips/ok.mp4,noise\nclips/cut.mp4,noise\n")
+    torch.save({"model": build_vae(model_size("tiny")).state_dict(), "domain": "videogen",
+                "config": {"stage": "vae", "model_size": "tiny", "num_frames": 8, "image_size": 32, "fps": 8.0,
+                           "val_clips": "none", "cache_dir": str(d / "probe_cache")}}, d / "vae_tiny.pt")
 
 
 def _rows() -> list:
@@ -151,6 +188,19 @@ def _rows() -> list:
 # truncated JPEG, non-image .jpg, CSV missing a column, empty data folders of each layout...).
 DOMAIN_ROWS: list[tuple[str, list[str], int, list[str]]] = [
     ("foodrec-train", ["--data", "{bad}/empty_dir", "--out", "{out}", "--max-steps", "1"], 1, ["empty_dir"]),
+    # videogen: truncated mp4s (index at the front / at the end) and a zero-byte file are unreadable, never scored
+    ("videogen-reconstruct", ["{bad}/cut_front.mp4", "--checkpoint", "{bad}/vae_tiny.pt", "--out", "{out}/r.mp4"], 1,
+     ["cut_front.mp4", "truncated", "3.00 s"]),
+    ("videogen-reconstruct", ["{bad}/cut_end.mp4", "--checkpoint", "{bad}/vae_tiny.pt", "--out", "{out}/r.mp4"], 1,
+     ["cut_end.mp4", "cannot open video"]),
+    ("videogen-reconstruct", ["{bad}/zero.mp4", "--checkpoint", "{bad}/vae_tiny.pt", "--out", "{out}/r.mp4"], 1,
+     ["zero.mp4", "0 bytes"]),
+    ("videogen-eval", ["--checkpoint", "{bad}/vae_tiny.pt", "--data", "{bad}/cut_videos", "--split", "all"], 1,
+     ["clips/cut.mp4", "truncated"]),
+    ("videogen-reconstruct", ["{bad}/full_cut_front.mp4", "--checkpoint", "{bad}/vae_tiny.pt", "--out", "{out}/r.mp4",
+                              "--num-frames", "0"], 2, ["--num-frames", "(got 0)"]),
+    ("videogen-reconstruct", ["{bad}/full_cut_front.mp4", "--checkpoint", "{bad}/vae_tiny.pt", "--out", "{out}/r.mp4",
+                              "--start", "99"], 2, ["--start 99", "outside"]),
 ]
 
 
