@@ -196,3 +196,21 @@ def test_onnx_export_matches_eager(encoder, encoder_weights):
             ref = model(x).numpy()
         assert got.shape == (batch, 1, 128, 128)
         assert np.abs(got - ref).max() < 1e-4
+
+
+def test_normalisation_is_the_encoders_own(tmp_path):
+    """EfficientNet-Lite0 (TF-Lite weights) expects (x - 127) / 128 on 0-255 pixels, not ImageNet's mean/std
+    (issue 17); training, predictors and exported metadata take it from the encoder."""
+    from hairseg.inference import TorchPredictor
+    from hairseg.models import normalization
+
+    mean, std = normalization("efficientnet-lite0")
+    assert mean == pytest.approx((127 / 255,) * 3) and std == pytest.approx((128 / 255,) * 3)
+    assert normalization("mobilenet_v2") == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    path = tmp_path / "lite0.pt"
+    torch.save({"model": build_model("efficientnet-lite0").state_dict(),
+                "config": {"encoder": "efficientnet-lite0", "image_size": 64}}, path)
+    predictor = TorchPredictor(path)
+    assert predictor.mean == pytest.approx(mean) and predictor.std == pytest.approx(std)
+    x = predictor.preprocess(np.full((40, 64, 3), 127, np.uint8))
+    assert np.abs(x[0, :, :25]).max() < 1e-6  # a 127 grey photo normalises to 0

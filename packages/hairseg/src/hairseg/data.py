@@ -33,6 +33,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from mlcore.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
+from mlcore.images import load_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".pbm", ".bmp", ".gif", ".tif", ".tiff")
@@ -62,13 +63,13 @@ def open_upright(im: Image.Image) -> Image.Image:
 def load_image(path: str | Path) -> np.ndarray:
     """Decode an image file to ``(H, W, 3) uint8`` RGB, upright. Raises ``DataError`` when it cannot be read.
 
-    The EXIF orientation tag is applied (``PIL.ImageOps.exif_transpose``), so a phone photo stored sideways
+    The EXIF orientation tag is applied (:func:`mlcore.images.load_rgb`, ``PIL.ImageOps.exif_transpose``), so a
+    phone photo stored sideways
     with orientation 6 comes back at its displayed size and the right way up. Masks are loaded the same way
     (:func:`load_mask`), and :func:`check_pair` compares the displayed sizes.
     """
     try:
-        with Image.open(path) as im:
-            return np.asarray(open_upright(im).convert("RGB"))
+        return load_rgb(path)  # mlcore's one loader: EXIF orientation applied, then RGB
     except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"cannot read image {path}: {err}") from err
 
@@ -324,13 +325,13 @@ def _normalise(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMA
     ]
 
 
-def train_transform() -> v2.Compose:
+def train_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> v2.Compose:
     """Joint augmentation of ``tv_tensors.Image (3, S, S) uint8`` + ``tv_tensors.Mask (1, S, S) uint8``.
 
     Per the hair-segmentation plan (section 2.3): horizontal flip (p=0.5), rotation up to 15 degrees
     (p=0.3; nearest for the mask, zero fill = background), colour jitter (brightness/contrast/saturation
-    0.2, hue 0.1; p=0.5) and Gaussian blur (kernel 3; p=0.2) on the image only, then ImageNet
-    normalisation. All randomness is drawn from the global torch RNG at call time.
+    0.2, hue 0.1; p=0.5) and Gaussian blur (kernel 3; p=0.2) on the image only, then normalisation with
+    ``mean``/``std`` (the encoder's, :func:`hairseg.models.normalization`; default ImageNet's). All randomness is drawn from the global torch RNG at call time.
     """
     return v2.Compose(
         [
@@ -338,7 +339,7 @@ def train_transform() -> v2.Compose:
             v2.RandomApply([v2.RandomRotation(15.0)], p=0.3),
             v2.RandomApply([v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)], p=0.5),
             v2.RandomApply([v2.GaussianBlur(kernel_size=3)], p=0.2),
-            *_normalise(),
+            *_normalise(mean, std),
         ]
     )
 
@@ -369,7 +370,8 @@ def preprocess_image(image: np.ndarray, size: int, mean: Sequence[float] = IMAGE
 class HairSegDataset(torch.utils.data.Dataset):
     """Image/mask pairs resized to ``image_size`` px, optionally augmented.
 
-    ``__getitem__`` returns ``{"image": (3, S, S) float32 ImageNet-normalised, "mask": (1, S, S) float32
+    ``__getitem__`` returns ``{"image": (3, S, S) float32 normalised with mean/std (the encoder's; default
+    ImageNet's), "mask": (1, S, S) float32
     in {0, 1}, "index": int}``. With ``use_cache`` the resized uint8 arrays come from :func:`build_cache`
     (built in ``__init__``, re-opened memory-mapped in each DataLoader worker); without it every item is
     decoded from disk, giving identical pixels. ``train=True`` applies :func:`train_transform`.
@@ -382,6 +384,8 @@ class HairSegDataset(torch.utils.data.Dataset):
         train: bool = False,
         cache_dir: str | Path | None = None,
         use_cache: bool = True,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
     ) -> None:
         self.samples, self.image_size, self.train, self.use_cache = (
             list(samples),
@@ -390,7 +394,8 @@ class HairSegDataset(torch.utils.data.Dataset):
             use_cache,
         )
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        self.transform = train_transform() if train else eval_transform()
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.transform = train_transform(mean, std) if train else eval_transform(mean, std)
         self._arrays = build_cache(self.samples, image_size, self.cache_dir) if use_cache else None
         self._files = [getattr(a, "filename", None) for a in self._arrays or ()]
 

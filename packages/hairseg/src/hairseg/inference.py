@@ -198,7 +198,7 @@ class TorchPredictor(_ModelPredictor):
     """
 
     def __init__(self, path: str | Path, *, device: str = "cpu", image_size: int | None = None) -> None:
-        from hairseg.models import ENCODERS, build_model
+        from hairseg.models import ENCODERS, build_model, normalization
         from mlcore.checkpoint import CheckpointError, load_checkpoint
 
         self.path = Path(path)
@@ -219,8 +219,9 @@ class TorchPredictor(_ModelPredictor):
         encoder = config.get("encoder")
         if encoder not in ENCODERS:
             raise ModelFormatError(f"{self.path}: config['encoder'] must be one of {list(ENCODERS)}, got {encoder!r}")
-        self._set_size({"image_size": config.get("image_size"), "encoder": encoder, "mean": config.get("mean"),
-                        "std": config.get("std")}, image_size)
+        mean, std = normalization(encoder)  # what training used: the encoder's own data config
+        self._set_size({"image_size": config.get("image_size"), "encoder": encoder, "mean": config.get("mean", mean),
+                        "std": config.get("std", std)}, image_size)
         self.config = dict(config)
         self.checkpoint_info = {k: ckpt[k] for k in ("metric", "value", "metrics", "epoch", "step", "global_step")
                                 if k in ckpt}

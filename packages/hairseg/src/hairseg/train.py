@@ -21,7 +21,7 @@ from hairseg.config import HairSegConfig
 from hairseg.data import DataError, HairSample, HairSegDataset, find_samples
 from hairseg.losses import BceDiceLoss
 from hairseg.metrics import HairSegMetrics, verdict
-from hairseg.models import build_model
+from hairseg.models import build_model, normalization
 from mlcore import Trainer, make_loader
 from mlcore.cli import train_main
 from mlcore.runlog import write_json_atomic
@@ -53,8 +53,12 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     test_samples = find_samples(cfg.data, "test", **split)
     log.info("data %s: %d train, %d val, %d test samples", cfg.data, len(train_samples), len(val_samples),
              len(test_samples))
-    train_ds = HairSegDataset(train_samples, cfg.image_size, train=True, cache_dir=cfg.cache_dir)
-    val_ds = HairSegDataset(val_samples, cfg.image_size, train=False, cache_dir=cfg.cache_dir)
+    mean, std = normalization(cfg.encoder)  # the encoder's own data config (issue 17), not ImageNet's
+    log.info("normalisation of %s: mean %s, std %s", cfg.encoder, [round(v, 4) for v in mean],
+             [round(v, 4) for v in std])
+    norm = dict(mean=mean, std=std)
+    train_ds = HairSegDataset(train_samples, cfg.image_size, train=True, cache_dir=cfg.cache_dir, **norm)
+    val_ds = HairSegDataset(val_samples, cfg.image_size, train=False, cache_dir=cfg.cache_dir, **norm)
     loader_kw = dict(num_workers=cfg.num_workers, seed=cfg.seed)
     train_loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, **loader_kw)
     val_loader = make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
@@ -118,7 +122,8 @@ def evaluate_test(cfg: HairSegConfig, trainer: Trainer, step, test_samples: list
     model = build_model(cfg.encoder)
     model.load_state_dict(load_checkpoint(ckpt_path, expect_domain="hairseg")["model"])
     model = trainer.strategy.prepare_model(model)
-    ds = HairSegDataset(test_samples, cfg.image_size, train=False, cache_dir=cfg.cache_dir)
+    mean, std = normalization(cfg.encoder)
+    ds = HairSegDataset(test_samples, cfg.image_size, train=False, cache_dir=cfg.cache_dir, mean=mean, std=std)
     loader = make_loader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
     metrics = evaluate_model(model, loader, step, [HairSegMetrics()], trainer.strategy, desc="test")
     return {"checkpoint": ckpt_path.name, "n_images": len(ds),

@@ -28,10 +28,10 @@ def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[int, int, int] = (
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
-def denormalise(image: torch.Tensor) -> np.ndarray:
-    """``(3, H, W) float32`` ImageNet-normalised -> ``(H, W, 3) uint8``."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+def denormalise(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """``(3, H, W) float32`` normalised with ``mean``/``std`` -> ``(H, W, 3) uint8``."""
+    mean = torch.tensor(mean).view(3, 1, 1)
+    std = torch.tensor(std).view(3, 1, 1)
     x = (image.detach().cpu().float() * std + mean).clamp(0, 1)
     return (x.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
@@ -48,7 +48,7 @@ def save_examples(model: torch.nn.Module, dataset, path: str | Path, *, n: int =
     rows = []
     for i in np.linspace(0, len(dataset) - 1, num=min(n, len(dataset)), dtype=int):
         item = dataset[int(i)]
-        img = denormalise(item["image"])
+        img = denormalise(item["image"], getattr(dataset, "mean", IMAGENET_MEAN), getattr(dataset, "std", IMAGENET_STD))
         gt = (item["mask"][0].numpy() > 0.5).astype(np.uint8) * 255
         prob = torch.sigmoid(model(item["image"].unsqueeze(0).to(device)).float())[0, 0].cpu().numpy()
         pred = (prob >= 0.5).astype(np.uint8) * 255
