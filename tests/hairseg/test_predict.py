@@ -183,3 +183,23 @@ def test_video_is_recoloured_frame_by_frame(mldata_root, tmp_path, capsys):
     assert len(frames) == 6 and frames[0].shape == (360, 640, 3)
     assert predict_main([str(clip), "--model", str(model), "--out", str(tmp_path / "dir")]) == 2
     assert "video file" in _one_error_line(capsys)
+
+
+def test_mediapipe_tflite_writes_mask_overlay_and_recolour(mldata_root, photos, tmp_path, capsys):
+    """The issue's bar: hairseg-predict --model FILE.tflite (a MediaPipe Tasks model) writes all three PNGs."""
+    model = mldata_root.parent / "models" / "selfie_segmentation.tflite"
+    if not model.is_file():
+        pytest.skip(f"{model} missing")
+    out = tmp_path / "out"
+    assert predict_main([str(photos[0]), "--model", str(model), "--color", "Platinum", "--out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["predictor"] == "mediapipe:selfie_segmentation.tflite" and summary["color"] == "platinum"
+    photo = load_image(photos[0])
+    for name in ("mask", "overlay", "platinum"):
+        with Image.open(out / f"{photos[0].stem}_{name}.png") as im:
+            assert im.size == (photo.shape[1], photo.shape[0])
+    mask = np.asarray(Image.open(out / f"{photos[0].stem}_mask.png"))
+    assert 0.05 < (mask > 128).mean() < 0.95
+    assert predict_main([str(photos[0]), "--model", str(model), "--hair-class", "3", "--out", str(out)]) == 1
+    line = _one_error_line(capsys)
+    assert "hair_class=3 is out of range" in line and "selfie_segmentation.tflite" in line
