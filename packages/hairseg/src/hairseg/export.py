@@ -5,13 +5,14 @@ The plan's "Integration Plan, Step 1" (TorchScript for the PyTorch backend, ONNX
 
     hairseg-export --checkpoint runs/hairseg-cpu/checkpoints/best_val_iou.pt --out models \\
         [--name hair_segmenter] [--version X.Y] [--opset 17] [--registry models/model_registry.json] \\
-        [--sample-image PHOTO ...] [--data FIGARO_ROOT] [--eval-split test] [--quantize]
+        [--sample-image PHOTO ...] [--data FIGARO_ROOT] [--eval-split test] [--quantize [int8]] [--calib-data DIR]
 
 writes ``models/hair_segmenter_vX.Y.pt`` (TorchScript, ``torch.jit.script``; ``torch.jit.trace`` only if
 scripting fails) and ``models/hair_segmenter_vX.Y.onnx`` (``torch.onnx.export(dynamo=False)``, input
 ``image`` ``(N, 3, S, S)`` float32 normalised RGB, outputs ``logits`` and ``mask`` = ``sigmoid(logits)`` (the
 seed's interface), ``(N, 1, S, S)``, dynamic batch axis); with ``--quantize`` also
-``hair_segmenter_vX.Y.int8.onnx`` (ONNX Runtime static int8, QDQ, calibrated on training photos). The files
+``hair_segmenter_vX.Y.int8.onnx`` (ONNX Runtime static int8, QDQ, calibrated on training photos), served by
+the registry (``serve``) when its IoU on the measured split is within 0.01 of ONNX fp32's. The files
 carry ``image_size``/``mean``/``std``/``encoder``/``version`` metadata (see :mod:`hairseg.inference`). Before
 anything is published, eager PyTorch, TorchScript and ONNX Runtime are run on the same input at batch 1 and
 2 and the max abs logit difference must be <= ``--tolerance`` (1e-3); otherwise the command exits 1 and
@@ -49,6 +50,7 @@ from hairseg.inference import (
     TorchScriptPredictor,
     quiet_torchscript_warnings,
 )
+from hairseg.models import DECODER_CHANNELS, parse_decoder_channels
 from hairseg.registry import (
     REGISTRY_FILE,
     RegistryError,
@@ -64,17 +66,26 @@ log = logging.getLogger("hairseg.export")
 PARITY_TOLERANCE = 1e-3
 """Largest accepted max abs difference of logits between eager PyTorch and an exported model."""
 
+INT8_IOU_TOLERANCE = 0.01
+"""Largest pooled-IoU drop of the int8 model against ONNX fp32 on the measured split for the registry to
+serve it (``entry["serve"] = "onnx_int8"``); the issue's bar ("held-out IoU within 0.01")."""
+
 
 class ExportError(RuntimeError):
     """Export failed a check (parity above tolerance) or would overwrite an existing file."""
 
 
 def metadata_for(encoder: str, image_size: int, version: str, mean: Sequence[float] = IMAGENET_MEAN,
-                 std: Sequence[float] = IMAGENET_STD) -> dict[str, Any]:
+                 std: Sequence[float] = IMAGENET_STD, decoder_channels: Sequence[int] | None = None,
+                 ) -> dict[str, Any]:
     """The metadata stored in the exported files: S (px), the model's mean/std (RGB on 0..1, what it was trained
-    with: its checkpoint config's, else ImageNet's), encoder, version, and the letterbox preprocessing."""
-    return {"image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
+    with: its checkpoint config's, else ImageNet's), encoder, version, the letterbox preprocessing, and the
+    decoder widths when given."""
+    meta = {"image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
             "encoder": encoder, "version": version, "resize": "letterbox"}
+    if decoder_channels is not None:
+        meta["decoder_channels"] = [int(c) for c in decoder_channels]
+    return meta
 
 
 def export_torchscript(model: torch.nn.Module, path: str | Path, metadata: dict[str, Any],
@@ -268,6 +279,21 @@ def measure_split(predictors: dict[str, Any], data: str | Path, split: str, *, s
     return out
 
 
+def serve_choice(metrics: dict[str, Any] | None, tolerance: float = INT8_IOU_TOLERANCE) -> tuple[str, str]:
+    """Which ONNX file a registry entry serves: ``("onnx_int8", why)`` when ``metrics`` (from
+    :func:`measure_split`) has an ``onnx_int8`` pooled IoU at most ``tolerance`` below ``onnx``'s, else
+    ``("onnx", why)`` (no int8 model, or it lost more than ``tolerance``)."""
+    if not metrics or "onnx_int8" not in metrics:
+        return "onnx", "no int8 IoU measured"
+    drop = metrics["onnx"]["iou"] - metrics["onnx_int8"]["iou"]
+    where = f"{metrics['split']} split, {metrics['n_images']} photos"
+    if drop <= tolerance:
+        return "onnx_int8", f"int8 IoU {metrics['onnx_int8']['iou']:.4f} vs fp32 {metrics['onnx']['iou']:.4f} " \
+                            f"({where}): drop {drop:.4f} <= {tolerance}"
+    return "onnx", f"int8 IoU {metrics['onnx_int8']['iou']:.4f} vs fp32 {metrics['onnx']['iou']:.4f} ({where}): " \
+                   f"drop {drop:.4f} > {tolerance}"
+
+
 def _size_mb(path: Path) -> float:
     return round(path.stat().st_size / 1e6, 2)  # MB = 10^6 bytes
 
@@ -294,8 +320,9 @@ def export_model(
     tolerance: float = PARITY_TOLERANCE,
     warmup: int = 3,
     runs: int = 10,
-    quantize: bool = False,
+    quantize: bool | str = False,
     calibration_images: int = 32,
+    calib_data: str | Path | None = None,
     eval_split: str = "test",
     eval_limit: int | None = None,
 ) -> dict[str, Any]:
@@ -305,8 +332,11 @@ def export_model(
         data: the dataset the metrics are measured on and the int8 model is calibrated on; default the
             checkpoint's training data (``config["data"]``) when that folder exists. Without a dataset the
             entry's ``metrics`` is ``None`` (nothing measured, nothing copied).
-        quantize: also write ``NAME_vX.Y.int8.onnx`` (:func:`quantize_onnx`, calibrated on
-            ``calibration_images`` training photos) and measure it beside the float models.
+        quantize: ``True``/``"int8"``: also write ``NAME_vX.Y.int8.onnx`` (:func:`quantize_onnx`, calibrated on
+            ``calibration_images`` training photos) and measure it beside the float models. The entry's
+            ``serve`` is ``"onnx_int8"`` (what the registry hands out for ``fmt="onnx"``) when its pooled IoU
+            on ``eval_split`` is within :data:`INT8_IOU_TOLERANCE` of ONNX fp32's, else ``"onnx"``.
+        calib_data: dataset whose *train* split calibrates the int8 model (default ``data``).
         eval_split: the split the metrics are measured on (``test``: never used for selection).
         eval_limit: score only the first N photos of the split.
 
@@ -324,8 +354,12 @@ def export_model(
     split_kw = {k: eager.config[k] for k in ("seed", "val_fraction", "test_fraction") if k in eager.config}
     if data is None and eager.config.get("data") and Path(eager.config["data"]).expanduser().is_dir():
         data = Path(eager.config["data"]).expanduser()
-    if quantize and data is None:
-        raise DataError("--quantize needs training photos to calibrate on: pass --data DATASET")
+    if quantize not in (False, None, True, "int8"):
+        raise ValueError(f"quantize: expected False, True or 'int8', got {quantize!r}")
+    quantize = bool(quantize)
+    calib_data = Path(calib_data) if calib_data is not None else data
+    if quantize and calib_data is None:
+        raise DataError("--quantize needs training photos to calibrate on: pass --data or --calib-data DATASET")
     version = version or next_version(list_entries(registry))
     parse_version(version)
     if any(e["version"] == version for e in list_entries(registry)):
@@ -338,7 +372,8 @@ def export_model(
     out.mkdir(parents=True, exist_ok=True)
 
     inputs, source = parity_inputs(size, sample_images, data)
-    meta = metadata_for(encoder, size, version, eager.mean, eager.std)
+    decoder = parse_decoder_channels(eager.config.get("decoder_channels"))
+    meta = metadata_for(encoder, size, version, eager.mean, eager.std, decoder)
     tmp = {k: out / f".{p.name}.{os.getpid()}.tmp" for k, p in (("ts", ts_path), ("onnx", onnx_path),
                                                                   ("int8", int8_path))}
     try:
@@ -362,7 +397,8 @@ def export_model(
             raise ExportError("parity check failed: max abs logit difference vs eager PyTorch "
                               + ", ".join(f"{k} {v:.3g}" for k, v in bad.items()) + f" > tolerance {tolerance:g}")
         if quantize:
-            calib = calibration_inputs(data, size, n=calibration_images, mean=eager.mean, std=eager.std, **split_kw)
+            calib = calibration_inputs(calib_data, size, n=calibration_images, mean=eager.mean, std=eager.std,
+                                       **split_kw)
             quantize_onnx(tmp["onnx"], tmp["int8"], calib)
             backends["onnx_int8"] = OnnxPredictor(tmp["int8"])
 
@@ -376,6 +412,7 @@ def export_model(
                                     limit=eval_limit, **split_kw)
             log.info("metrics on %s (%d photos): %s", eval_split, metrics["n_images"],
                      {k: v["iou"] for k, v in metrics.items() if isinstance(v, dict)})
+        serve, serve_reason = serve_choice(metrics if quantize else None)
         os.replace(tmp["ts"], ts_path)
         os.replace(tmp["onnx"], onnx_path)
         if quantize:
@@ -390,15 +427,19 @@ def export_model(
     entry = {
         "version": version,
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "base_model": f"Unet({encoder})",
+        "base_model": f"Unet({encoder})" if decoder == DECODER_CHANNELS else
+                      f"Unet({encoder}, decoder_channels={','.join(map(str, decoder))})",
+        "decoder_channels": list(decoder),
         "dataset": Path(data_path).name.lower() if data_path else None,
         "metrics": metrics,
         "file": rel(ts_path),
         "onnx_file": rel(onnx_path),
         **({"onnx_int8_file": rel(int8_path), "onnx_int8_size_mb": _size_mb(int8_path),
             "int8": {"format": "QDQ", "activations": "uint8", "weights": "int8 per channel", "calibration":
-                     f"{min(calibration_images, len(find_samples(data, 'train', **split_kw)))} training photos "
-                     "(MinMax)"}} if quantize else {}),
+                     f"{min(calibration_images, len(find_samples(calib_data, 'train', **split_kw)))} training photos "
+                     f"(MinMax) of {calib_data}"}} if quantize else {}),
+        "serve": serve,
+        "serve_reason": serve_reason,
         "onnx_outputs": ["logits", "mask"],
         "size_mb": _size_mb(ts_path),
         "onnx_size_mb": _size_mb(onnx_path),
@@ -439,8 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-split", default="test", choices=("train", "val", "test", "all"),
                    help="split the registry metrics are measured on")
     p.add_argument("--eval-limit", type=int, default=None, help="measure on the first N photos of the split only")
-    p.add_argument("--quantize", action="store_true",
-                   help="also write NAME_vX.Y.int8.onnx: ONNX Runtime static int8 (QDQ) calibrated on training photos")
+    p.add_argument("--quantize", nargs="?", const="int8", default=None, choices=("int8",),
+                   help="also write NAME_vX.Y.int8.onnx: ONNX Runtime static int8 (QDQ) calibrated on training photos; "
+                        "the registry serves it when its IoU is within 0.01 of ONNX fp32's on --eval-split")
+    p.add_argument("--calib-data", default=None,
+                   help="dataset whose train split calibrates --quantize (default: --data)")
     p.add_argument("--calibration-images", type=int, default=32, help="training photos used to calibrate --quantize")
     p.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE, help="max abs logit diff allowed")
     p.add_argument("--warmup", type=int, default=3, help="untimed latency runs")
@@ -469,8 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"--calibration-images must be >= 1 (got {args.calibration_images})")
         entry = export_model(args.checkpoint, args.out, name=args.name, version=args.version, opset=args.opset,
                              registry=args.registry, sample_images=args.sample_image, data=args.data,
-                             tolerance=args.tolerance, warmup=args.warmup, runs=args.runs, quantize=args.quantize,
-                             calibration_images=args.calibration_images, eval_split=args.eval_split,
+                             tolerance=args.tolerance, warmup=args.warmup, runs=args.runs,
+                             quantize=args.quantize or False, calibration_images=args.calibration_images,
+                             calib_data=args.calib_data, eval_split=args.eval_split,
                              eval_limit=args.eval_limit)
         print(json.dumps(entry))
         return 0

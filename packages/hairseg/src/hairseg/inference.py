@@ -227,8 +227,9 @@ class TorchPredictor(_ModelPredictor):
                                 if k in ckpt}
         try:
             # build_model(weights=...) strips DDP/torch.compile prefixes and loads strictly.
-            self.model = build_model(encoder, weights=self.path).eval()
-        except RuntimeError as exc:
+            self.model = build_model(encoder, weights=self.path,
+                                     decoder_channels=config.get("decoder_channels")).eval()
+        except (RuntimeError, ValueError) as exc:
             raise ModelFormatError(_first_line(exc)) from exc
         self.device = torch.device(device)
         # channels_last on CPU: 1.02-1.05x on an idle CPU, 1.5-1.9x with the cores oversubscribed

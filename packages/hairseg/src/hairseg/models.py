@@ -19,6 +19,7 @@ Export: all three encoders work with ``torch.jit.script``, ``torch.jit.trace`` a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import segmentation_models_pytorch as smp
@@ -46,12 +47,21 @@ _SMP_ENCODER: dict[str, str] = {
     "efficientnet-lite0": EFFICIENTNET_LITE0_SMP_ENCODER,  # tu-tf_efficientnet_lite0: TF "same" padding
 }
 
+DECODER_CHANNELS: tuple[int, ...] = (256, 128, 64, 32, 16)
+"""smp's default U-Net decoder widths, deepest (1/16 scale) stage first, full-resolution stage last."""
+
+LIGHT_DECODER_CHANNELS: tuple[int, ...] = (128, 64, 32, 16, 16)
+"""A lighter decoder (half the widths of the three deepest stages): ~0.6x the ONNX int8 CPU time of
+:data:`DECODER_CHANNELS` at 384 px with EfficientNet-Lite0 (``bench/hairseg_latency.py``)."""
+
 ENCODER_WEIGHTS: tuple[str, ...] = ("imagenet", "offline")
 """Accepted ``encoder_weights`` values besides ``None`` (random initialisation)."""
 
 __all__ = [
+    "DECODER_CHANNELS",
     "ENCODERS",
     "ENCODER_WEIGHTS",
+    "LIGHT_DECODER_CHANNELS",
     "block_classes",
     "build_model",
     "count_parameters",
@@ -60,7 +70,32 @@ __all__ = [
     "load_weights",
     "map_state_dict_in_order",
     "offline_efficientnet_lite0_path",
+    "parse_decoder_channels",
 ]
+
+
+def parse_decoder_channels(value: str | Sequence[int] | None) -> tuple[int, ...]:
+    """U-Net decoder widths from a comma list (``"128,64,32,16,16"``), a sequence of ints, ``"light"``
+    (:data:`LIGHT_DECODER_CHANNELS`) or ``None``/``""``/``"default"`` (:data:`DECODER_CHANNELS`).
+
+    Returns:
+        5 positive ints, deepest stage first (smp's ``decoder_channels`` with ``encoder_depth=5``).
+
+    Raises:
+        ValueError: not 5 positive integers.
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "default")):
+        return DECODER_CHANNELS
+    if isinstance(value, str) and value.strip().lower() == "light":
+        return LIGHT_DECODER_CHANNELS
+    try:
+        channels = tuple(int(v) for v in (value.split(",") if isinstance(value, str) else value))
+    except (TypeError, ValueError):
+        channels = ()
+    if len(channels) != len(DECODER_CHANNELS) or min(channels) < 1:
+        raise ValueError(f"decoder_channels: expected {len(DECODER_CHANNELS)} positive integers like "
+                         f"'128,64,32,16,16' (or 'light', 'default'), got {value!r}")
+    return channels
 
 
 def build_model(
@@ -68,6 +103,7 @@ def build_model(
     encoder_weights: str | None = None,
     freeze_encoder: bool = False,
     weights: str | Path | None = None,
+    decoder_channels: str | Sequence[int] | None = None,
 ) -> torch.nn.Module:
     """Build a U-Net (Ronneberger et al. 2015, smp implementation) for binary hair segmentation.
 
@@ -84,13 +120,17 @@ def build_model(
         weights: optional checkpoint to load into the whole model afterwards: a ``state_dict``
             file, or a dict holding one under ``"model"`` / ``"state_dict"``. ``module.`` (DDP)
             and ``_orig_mod.`` (``torch.compile``) prefixes are stripped. Loaded strictly.
+        decoder_channels: the decoder widths (:func:`parse_decoder_channels`); default smp's
+            ``(256, 128, 64, 32, 16)``. Narrower decoders are cheaper at inference (the 1/2 and 1/4 scale
+            stages dominate at 384 px); checkpoints record the value in their config.
 
     Returns:
         ``smp.Unet`` mapping ``(N, 3, H, W)`` float32 (ImageNet-normalised, H, W multiples of 32)
         to ``(N, 1, H, W)`` float32 logits.
 
     Raises:
-        ValueError: unknown encoder or encoder_weights, or ``"offline"`` with another encoder.
+        ValueError: unknown encoder or encoder_weights, ``"offline"`` with another encoder, or bad
+            ``decoder_channels``.
         OSError: ``"imagenet"`` weights could not be downloaded (offline, hub unreachable).
         FileNotFoundError: ``weights`` does not exist.
         RuntimeError: ``weights`` does not match the architecture; offline weights incomplete.
@@ -106,13 +146,15 @@ def build_model(
             f"encoder_weights='offline' is only available for 'efficientnet-lite0', got encoder {encoder!r}"
         )
 
+    channels = parse_decoder_channels(decoder_channels)
     smp_name = _SMP_ENCODER[encoder]
     hub_weights: str | bool | None = None
     if encoder_weights == "imagenet":
         # smp's timm-universal ('tu-') encoders take True (the timm default tag) instead of a name.
         hub_weights = True if smp_name.startswith("tu-") else "imagenet"
     try:
-        model = smp.Unet(encoder_name=smp_name, encoder_weights=hub_weights, in_channels=3, classes=1)
+        model = smp.Unet(encoder_name=smp_name, encoder_weights=hub_weights, in_channels=3, classes=1,
+                         decoder_channels=list(channels))
     except OSError as exc:  # huggingface_hub's LocalEntryNotFoundError, requests' ConnectionError
         raise OSError(
             f"could not download ImageNet weights for encoder {encoder!r} from the Hugging Face hub "

@@ -7,7 +7,8 @@ Layout::
          "dataset": "figaro1k", "metrics": {"val_iou": 0.92, ..., "verdict": "production"},
          "file": "hair_segmenter_v1.0.pt", "onnx_file": "hair_segmenter_v1.0.onnx", "size_mb": 20.9,
          "cpu_latency_ms": {"eager": ..., "torchscript": ..., "onnx": ...}, "image_size": 384,
-         "parity_max_abs_diff": {"torchscript": ..., "onnx": ...}, ...},
+         "parity_max_abs_diff": {"torchscript": ..., "onnx": ...}, "onnx_int8_file": ...,
+         "serve": "onnx_int8" | "onnx", ...},
         {"version": "1.1", ...}]}
 
 A MediaPipe Tasks model is registered by an entry with ``"tflite_file"`` instead of ``file``/``onnx_file``;
@@ -111,8 +112,10 @@ def append_entry(path: str | Path, entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_file(path: str | Path, entry: dict[str, Any], fmt: str = "onnx") -> Path:
-    """Absolute path of an entry's model: ``fmt="onnx"`` -> ``onnx_file``, ``"torchscript"`` -> ``file``,
-    ``"tflite"`` -> ``tflite_file`` (a MediaPipe Tasks image-segmentation model).
+    """Absolute path of an entry's model: ``fmt="onnx"`` -> the ONNX file the entry serves (``onnx_int8_file``
+    when ``entry["serve"] == "onnx_int8"``, i.e. ``hairseg-export --quantize`` measured its IoU within 0.01 of
+    fp32's; else ``onnx_file``), ``"onnx_fp32"`` -> ``onnx_file``, ``"onnx_int8"`` -> ``onnx_int8_file``,
+    ``"torchscript"`` -> ``file``, ``"tflite"`` -> ``tflite_file`` (a MediaPipe Tasks image-segmentation model).
 
     An entry that holds only a ``tflite_file`` (a registered MediaPipe model: the seed's zero-train route)
     returns it whatever ``fmt`` asks for, so it is served like any exported model.
@@ -120,7 +123,8 @@ def model_file(path: str | Path, entry: dict[str, Any], fmt: str = "onnx") -> Pa
     Raises:
         RegistryError: unknown ``fmt`` or the entry has no such file.
     """
-    keys = {"onnx": "onnx_file", "torchscript": "file", "tflite": "tflite_file"}
+    keys = {"onnx": "onnx_int8_file" if entry.get("serve") == "onnx_int8" else "onnx_file", "onnx_fp32": "onnx_file",
+            "onnx_int8": "onnx_int8_file", "torchscript": "file", "tflite": "tflite_file"}
     if fmt not in keys:
         raise RegistryError(f"fmt: expected one of {list(keys)}, got {fmt!r}")
     name = entry.get(keys[fmt])

@@ -66,7 +66,8 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     # a resumed run takes every weight from last.pt, --weights from that file: no hub download (works offline)
     encoder_init = None if (cfg.resume or cfg.weights) else cfg.encoder_init()
     try:
-        model = build_model(cfg.encoder, encoder_init, freeze_encoder=cfg.freeze_encoder, weights=cfg.weights)
+        model = build_model(cfg.encoder, encoder_init, freeze_encoder=cfg.freeze_encoder, weights=cfg.weights,
+                            decoder_channels=cfg.decoder_channels)
     except OSError as exc:
         if isinstance(exc, FileNotFoundError):
             raise
@@ -119,7 +120,7 @@ def evaluate_test(cfg: HairSegConfig, trainer: Trainer, step, test_samples: list
     ckpt_path = trainer.run_dir / "checkpoints" / f"best_{cfg.monitor}.pt"
     if not ckpt_path.is_file():
         ckpt_path = trainer.run_dir / "checkpoints" / "last.pt"
-    model = build_model(cfg.encoder)
+    model = build_model(cfg.encoder, decoder_channels=cfg.decoder_channels)
     model.load_state_dict(load_checkpoint(ckpt_path, expect_domain="hairseg")["model"])
     model = trainer.strategy.prepare_model(model)
     mean, std = normalization(cfg.encoder)
