@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,10 @@ def test_int8_export_matches_fp32_and_is_served(tmp_path, trained, figaro_root, 
     batch = np.concatenate([fp32.preprocess(load_image(s.image)) for s in test])
     logits, prob = session.run(None, {"image": batch})
     np.testing.assert_allclose(prob, 1 / (1 + np.exp(-logits)), atol=1e-5)
+    # intra-op threads default to the CPUs this process may use (affinity), graph optimisation to ORT_ENABLE_ALL
+    options = fp32.session.get_session_options()
+    assert options.intra_op_num_threads == len(os.sched_getaffinity(0))
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     a, b = fp32.predict_logits(batch) > 0, int8.predict_logits(batch) > 0
     assert (a & b).sum() / max(1, (a | b).sum()) > 0.9  # IoU of the two masks
 

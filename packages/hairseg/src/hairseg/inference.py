@@ -319,11 +319,21 @@ def read_onnx_metadata(model: Any) -> dict[str, Any]:
     return out
 
 
+def available_cpus() -> int:
+    """CPUs this process may run on (``os.sched_getaffinity``; ``os.cpu_count()`` where that is missing)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 class OnnxPredictor(_ModelPredictor):
     """An ONNX model run by ONNX Runtime (``CPUExecutionProvider``; CUDA first when ``device`` is cuda and
     onnxruntime-gpu is installed).
 
-    Threads: ``intra_op_num_threads`` is ``threads`` (default: ONNX Runtime's, one per physical core);
+    Threads: ``intra_op_num_threads`` is ``threads`` (default: the CPUs this process may run on,
+    ``os.sched_getaffinity``, so a container or ``taskset`` limit is respected; ONNX Runtime's own default counts
+    the host's physical cores);
     ``spinning=False`` turns off busy-waiting; graph optimisation at ``ORT_ENABLE_ALL`` (also its default).
     Int8 (QDQ) files from ``hairseg-export --quantize`` load the same way.
 
@@ -331,7 +341,7 @@ class OnnxPredictor(_ModelPredictor):
         path: the ``.onnx`` file; input ``image`` ``(N, 3, S, S)``, output ``logits`` ``(N, 1, S, S)``.
         device: ``"cpu"`` or ``"cuda[:k]"``.
         image_size: S in px; default the ``image_size`` metadata prop, else a static input shape.
-        threads: ONNX Runtime intra-op threads (default: its own choice).
+        threads: ONNX Runtime intra-op threads (default: :func:`available_cpus`).
         spinning: allow busy-waiting of the intra-op threads (ONNX Runtime's default).
 
     Raises:
@@ -351,8 +361,7 @@ class OnnxPredictor(_ModelPredictor):
             providers.insert(0, "CUDAExecutionProvider")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
+        options.intra_op_num_threads = int(threads) if threads is not None else available_cpus()
         if not spinning:  # no busy-waiting between ops: kinder to cores shared with other processes
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
