@@ -1,8 +1,10 @@
 """The seed's combined classification loss (cross-entropy + focal) and its mixup/cutmix.
 
-With mixup/cutmix, build the mixer with :func:`make_mixup` (``timm.data.Mixup(..., label_smoothing=0.1)``):
-timm folds the label smoothing into the mixed soft targets, and :class:`CombinedClassificationLoss`
-applies its own smoothing only to hard (class-index) targets, so smoothing is applied exactly once.
+Seed 002: ``0.7 x CrossEntropyLoss(label_smoothing=0.1) + 0.3 x FocalLoss(gamma=2)``: label smoothing is a
+property of the cross-entropy term only; the focal term sees the unsmoothed target. With mixup/cutmix the
+seed's loss is ``lam x L(pred, y1) + (1 - lam) x L(pred, y2)``; both terms are linear in the target row,
+so feeding the unsmoothed mixed row ``lam onehot(y1) + (1 - lam) onehot(y2)`` (:func:`make_mixup` builds
+``timm.data.Mixup`` with ``label_smoothing=0``) gives exactly that.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _soft_targets(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """``(N, C)`` float target rows: hard ``(N,)`` int64 labels one-hot smoothed, soft rows as they are."""
+def _target_rows(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(N, C)`` float target rows: hard ``(N,)`` int64 labels one-hot, soft rows as they are."""
     if logits.ndim != 2:
         raise ValueError(f"logits: expected shape (N, C), got {tuple(logits.shape)}")
     n, c = logits.shape
@@ -27,9 +29,7 @@ def _soft_targets(logits: torch.Tensor, target: torch.Tensor, smoothing: float) 
         if n and (int(target.min()) < 0 or int(target.max()) >= c):
             raise ValueError(f"target: class indices must lie in [0, {c}), got [{int(target.min())}, "
                              f"{int(target.max())}]")
-        # Same smoothing as torch's cross_entropy(label_smoothing=e) and timm's Mixup: (1-e) one-hot + e/C.
-        onehot = F.one_hot(target, c).to(logits.dtype)
-        return onehot * (1.0 - smoothing) + smoothing / c
+        return F.one_hot(target, c).to(logits.dtype)
     if target.shape != logits.shape or not target.dtype.is_floating_point:
         raise ValueError(
             f"target: expected (N,) int64 class indices or (N, C)={tuple(logits.shape)} float rows, "
@@ -39,31 +39,32 @@ def _soft_targets(logits: torch.Tensor, target: torch.Tensor, smoothing: float) 
 
 
 class CombinedClassificationLoss(nn.Module):
-    """``ce_weight`` x cross-entropy + ``focal_weight`` x focal loss, as in the seed (0.7 / 0.3).
+    """``ce_weight`` x label-smoothed cross-entropy + ``focal_weight`` x focal loss, as in seed 002 (0.7 / 0.3).
 
-    With target rows ``t`` (``(N, C)``, each summing to 1) and ``p = softmax(logits)``, per sample:
+    With target rows ``t`` (``(N, C)``, each summing to 1), ``e = label_smoothing`` and
+    ``p = softmax(logits)``, per sample:
 
-    - cross-entropy: ``CE = -sum_c t_c log p_c``
-    - focal loss (Lin et al. 2017, "Focal Loss for Dense Object Detection", extended to soft targets):
-      ``FL = -sum_c t_c (1 - p_c)^gamma log p_c``; for a one-hot ``t`` it is the paper's
-      ``-(1 - p_y)^gamma log p_y`` (without the alpha balancing, Food-101 is balanced).
+    - cross-entropy with label smoothing (Szegedy et al. 2016; torch's ``cross_entropy(label_smoothing=e)``):
+      ``CE = -sum_c s_c log p_c`` with ``s = (1 - e) t + e / C``;
+    - focal loss (Lin et al. 2017, "Focal Loss for Dense Object Detection", extended to soft targets), on the
+      **unsmoothed** target: ``FL = -sum_c t_c (1 - p_c)^gamma log p_c``; for a one-hot ``t`` it is the
+      paper's ``-(1 - p_y)^gamma log p_y`` (without the alpha balancing, Food-101 is balanced).
 
-    The loss is ``ce_weight * mean(CE) + focal_weight * mean(FL)`` over the batch.
+    The loss is ``ce_weight * mean(CE) + focal_weight * mean(FL)`` over the batch. Both terms are linear in
+    ``t``, so a mixed row ``lam onehot(y1) + (1 - lam) onehot(y2)`` gives the seed's
+    ``lam L(y1) + (1 - lam) L(y2)``. Smoothing only the CE term puts the optimum of one sample at
+    ``p(true) = 0.902`` for 101 classes (0.866 when the focal term is smoothed too).
 
-    Targets:
-
-    - ``(N,)`` int64 class indices: smoothed here to ``t = (1 - e) onehot + e / C`` (``e = label_smoothing``,
-      torch's ``cross_entropy(label_smoothing=e)`` convention), used by both terms.
-    - ``(N, C)`` float probability rows (e.g. from ``timm.data.Mixup``): used as given, NOT smoothed
-      again. When training with mixup/cutmix build ``timm.data.Mixup(..., label_smoothing=0.1)``
-      (:func:`make_mixup`), which already folds the smoothing into the mixed target.
+    Targets: ``(N,)`` int64 class indices or ``(N, C)`` float probability rows, **unsmoothed** (e.g. from
+    :func:`make_mixup`, which builds ``timm.data.Mixup`` with ``label_smoothing=0``).
 
     Args:
         ce_weight, focal_weight: non-negative term weights.
-        label_smoothing: ``e`` in [0, 1), applied to hard targets only.
+        label_smoothing: ``e`` in [0, 1), applied in the CE term only.
         gamma: focal focusing parameter (>= 0; 0 turns the focal term into cross-entropy).
 
-    Forward: ``logits`` ``(N, C)`` float, ``target`` as above -> scalar float loss.
+    Forward: ``logits`` ``(N, C)`` float, ``target`` as above -> scalar float loss. :meth:`parts` returns the
+    two weighted-before terms as well.
 
     Raises:
         ValueError: bad constructor values, or logits/target shapes or dtypes that do not match.
@@ -88,12 +89,18 @@ class CombinedClassificationLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.gamma = gamma
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        t = _soft_targets(logits, target, self.label_smoothing)
+    def parts(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"loss", "ce", "focal"}``: the combined loss and the batch means of its two (unweighted) terms."""
+        t = _target_rows(logits, target)
         log_p = F.log_softmax(logits, dim=1)
-        ce = -(t * log_p).sum(dim=1)
-        focal = -(t * (1.0 - log_p.exp()).pow(self.gamma) * log_p).sum(dim=1)
-        return self.ce_weight * ce.mean() + self.focal_weight * focal.mean()
+        c = logits.shape[1]
+        smoothed = t * (1.0 - self.label_smoothing) + self.label_smoothing / c
+        ce = -(smoothed * log_p).sum(dim=1).mean()
+        focal = -(t * (1.0 - log_p.exp()).pow(self.gamma) * log_p).sum(dim=1).mean()
+        return {"loss": self.ce_weight * ce + self.focal_weight * focal, "ce": ce, "focal": focal}
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.parts(logits, target)["loss"]
 
     def extra_repr(self) -> str:
         return (f"ce_weight={self.ce_weight}, focal_weight={self.focal_weight}, "
@@ -105,16 +112,16 @@ def make_mixup(
     mixup_alpha: float = 0.2,
     cutmix_alpha: float = 1.0,
     switch_prob: float = 0.5,
-    label_smoothing: float = 0.1,
     prob: float = 1.0,
 ) -> timm.data.Mixup:
     """The seed's batch mixing: Mixup (Zhang et al. 2018, Beta(0.2)) or CutMix (Yun et al. 2019,
     Beta(1.0)), one of the two chosen per batch (``switch_prob`` = probability of CutMix).
 
-    Returns ``timm.data.Mixup(mode="batch")``: ``mixup(x, y)`` maps ``(N, 3, H, W)`` float images
-    (N even) and ``(N,)`` int64 labels to mixed images and ``(N, C)`` float soft targets with
-    ``label_smoothing`` folded in; feed those to :class:`CombinedClassificationLoss` (which then
-    does not smooth again). ``mixup.mixup_enabled = False`` switches it off (e.g. per stage).
+    Returns ``timm.data.Mixup(mode="batch", label_smoothing=0)``: ``mixup(x, y)`` maps ``(N, 3, H, W)``
+    float images (N even) and ``(N,)`` int64 labels to mixed images and ``(N, C)`` float unsmoothed
+    mixed targets; :class:`CombinedClassificationLoss` smooths them inside its CE term only. timm
+    mixes ``x`` **in place**: call it on a copy (:func:`foodrec.train.make_step` does).
+    ``mixup.mixup_enabled = False`` switches it off (e.g. per stage).
 
     Raises:
         ValueError: ``num_classes < 1``.
@@ -127,6 +134,6 @@ def make_mixup(
         prob=prob,
         switch_prob=switch_prob,
         mode="batch",
-        label_smoothing=label_smoothing,
+        label_smoothing=0.0,
         num_classes=num_classes,
     )
