@@ -1,4 +1,5 @@
-"""foodrec.data: Food-101 index (own layout, json fallback, parquet), stratified split, transforms, bad images."""
+"""Food-101 data: the index (own layout, json fallback, parquet; mlcore.vision), stratified split, foodrec's
+training augmentation, bad images."""
 
 from __future__ import annotations
 
@@ -14,19 +15,27 @@ import pytest
 import torch
 from PIL import Image
 
-from foodrec.data import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DataError,
-    FoodDataset,
-    FoodSample,
-    check_images,
-    eval_transform,
-    load_index,
-    stratified_split,
-    train_transform,
-)
+from foodrec.data import train_transform
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog, stratified_split
+from mlcore.vision import DataError, ImageDataset, check_images
+from mlcore.vision import Sample as FoodSample
+from mlcore.vision import eval_transform as _eval_transform
+from mlcore.vision import load_index as _load_index
+from mlcore.vision.preprocess import DEFAULT_DATA_CONFIG
 from tests.conftest import require_data
+
+
+def load_index(root, **kw):
+    """foodrec's defaults: val 0.15 of train (Food-101 ships its own test split)."""
+    return _load_index(root, **{"val_fraction": 0.15, **kw})
+
+
+def eval_transform(size: int):
+    return _eval_transform({**DEFAULT_DATA_CONFIG, "input_size": (3, size, size)})
+
+
+def FoodDataset(samples, transform, skip_bad_images=False):  # noqa: N802 - the dataset as foodrec builds it
+    return ImageDataset(samples, transform, bad_samples=BadSampleLog() if skip_bad_images else None)
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +155,10 @@ def test_missing_meta_names_file(tmp_path: Path) -> None:
     (base / "meta" / "classes.txt").unlink()
     with pytest.raises(DataError, match=f"missing meta file {base / 'meta' / 'classes.txt'}"):
         load_index(tmp_path)
-    with pytest.raises(DataError, match="no Food-101 dataset"):
-        load_index(tmp_path / "food-101" / "images")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataError, match="no dataset in .*empty: expected Food-101"):
+        load_index(empty)
 
 
 def test_unknown_class_and_missing_image_name_path(tmp_path: Path) -> None:
@@ -249,7 +260,7 @@ def test_corrupt_jpeg_raises_or_is_skipped(tmp_path: Path) -> None:
     assert item["index"] == 2 and item["label"].item() == 2  # the next sample replaces it
     assert ds[3]["index"] == 4
     ds[1]
-    assert ds.bad_images == sorted([truncated, header_cut], key=str)  # recorded once each
+    assert ds.bad_samples.paths() == sorted(str(p) for p in (truncated, header_cut))  # recorded once each
     assert check_images(samples) == [header_cut]
     assert check_images(samples, full_decode=True) == [truncated, header_cut]
     all_bad = FoodDataset([FoodSample(header_cut, 0)], None, skip_bad_images=True)
@@ -262,7 +273,7 @@ def test_corrupt_jpeg_raises_or_is_skipped(tmp_path: Path) -> None:
     workers = FoodDataset(samples, eval_transform(16), skip_bad_images=True)
     batches = list(make_loader(workers, batch_size=2, shuffle=True, num_workers=2))
     assert sum(len(b["index"]) for b in batches) == len(samples)
-    assert workers.bad_images == sorted([truncated, header_cut], key=str)
+    assert workers.bad_samples.paths() == sorted(str(p) for p in (truncated, header_cut))
 
 
 def test_mlcore_loader_batches_reproducible(food_root: Path) -> None:
@@ -276,3 +287,38 @@ def test_mlcore_loader_batches_reproducible(food_root: Path) -> None:
     assert batches[0]["image"].shape == (4, 3, 32, 32) and batches[0]["label"].dtype == torch.int64
     assert torch.equal(batches[0]["image"], batches[1]["image"])  # augmentation re-seeded per sample
     assert torch.equal(batches[0]["index"], batches[1]["index"])
+
+
+# ------------------------------------------------------------------------------- seed 002's augmentations
+
+
+def test_seed_augmentation_parameters() -> None:
+    from foodrec.data import CoarseDropout, GaussianBlur, GaussNoise, RandomBrightnessContrast
+
+    torch.manual_seed(0)
+    grey = torch.full((3, 60, 60), 0.5)
+    # CoarseDropout: exactly 8 holes of 30 px (albumentations 1.x: min_holes/min_height default to the maxima)
+    out = CoarseDropout(8, 30, p=1.0)(grey)
+    zero = out[0] == 0
+    assert zero.any() and zero.sum() <= 8 * 30 * 30 and torch.equal(out[0], out[1])
+    rows, cols = zero.any(1).nonzero(), zero.any(0).nonzero()
+    assert rows.max() - rows.min() + 1 >= 30 and cols.max() - cols.min() + 1 >= 30
+    single = CoarseDropout(1, 30, p=1.0)(torch.ones(3, 100, 100))
+    assert int((single[0] == 0).sum()) == 900
+    assert int((CoarseDropout(8, 30, p=1.0)(torch.ones(3, 300, 300))[0] == 0).sum()) <= 8 * 900
+    # GaussNoise: variance 10-50 on the 0-255 scale
+    stds = [float((GaussNoise((10.0, 50.0), p=1.0)(grey) - grey).std() * 255) for _ in range(20)]
+    assert all(np.sqrt(10) * 0.9 < s < np.sqrt(50) * 1.1 for s in stds) and max(stds) - min(stds) > 0.5
+    # GaussianBlur: kernel 3 or 5 with OpenCV's sigma for sigma 0 (0.8 / 1.1)
+    impulse = torch.zeros(1, 11, 11)
+    impulse[0, 5, 5] = 1
+    widths = set()
+    for _ in range(20):
+        blurred = GaussianBlur((3, 5), p=1.0)(impulse)
+        widths.add(int((blurred[0, 5] > 0).sum()))
+    assert widths == {3, 5}
+    # RandomBrightnessContrast: x * alpha + beta with alpha in [0.8, 1.2], beta in [-0.2, 0.2]
+    for _ in range(20):
+        v = float(RandomBrightnessContrast(0.2, 0.2, p=1.0)(grey)[0, 0, 0])
+        assert 0.5 * 0.8 - 0.2 - 1e-6 <= v <= 0.5 * 1.2 + 0.2 + 1e-6
+    assert torch.equal(RandomBrightnessContrast(p=0.0)(grey), grey)

@@ -1,16 +1,23 @@
-"""foodrec-train, -eval and -predict end to end on the real Food-101 sample."""
+"""foodrec-train, -eval, -predict and -export end to end on the real Food-101 sample."""
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from foodrec.config import FoodRecConfig
 from foodrec.eval import main as eval_main
+from foodrec.export import main as export_main
+from foodrec.losses import CombinedClassificationLoss, make_mixup
 from foodrec.predict import main as predict_main
 from foodrec.train import main as train_main
+from foodrec.train import make_step
 from mlcore.checkpoint import load_checkpoint
 
 
@@ -99,7 +106,146 @@ def test_predict_top_k(two_stage_run, food_data, capsys):
         probs = [t["probability"] for t in row["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
         assert all(t["label"] in labels for t in row["top"])
-    assert predict_main(["/no/such.jpg", "--checkpoint", str(out / "checkpoints" / "last.pt")]) == 1
+    assert predict_main(["/no/such.jpg", "--checkpoint", str(out / "checkpoints" / "last.pt")]) == 2
+    assert "/no/such.jpg: no image file" in capsys.readouterr().err
+
+
+def test_predict_folder_to_csv_and_json_with_classes_from_the_checkpoint(two_stage_run, food_data, tmp_path,
+                                                                            capsys):
+    """The issue's bar: ``foodrec-predict DIR --out preds.csv`` writes one row per photo, top-5 labels and
+    probabilities; the classes come from the checkpoint even with no label_mapping.json beside it."""
+    out = two_stage_run[0]
+    ckpt = tmp_path / "moved.pt"
+    shutil.copy(out / "checkpoints" / "best_val_top1.pt", ckpt)  # no run directory around it
+    photos = tmp_path / "photos"
+    (photos / "sub").mkdir(parents=True)
+    originals = sorted((food_data / "food-101" / "images").glob("*/*.jpg"))[:5]
+    for i, p in enumerate(originals):
+        shutil.copy(p, (photos / "sub" if i % 2 else photos) / f"{i}.jpg")
+    assert predict_main([str(photos), "--checkpoint", str(ckpt), "--out", str(tmp_path / "preds.csv"),
+                         "--batch-size", "2"]) == 0
+    with open(tmp_path / "preds.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 5 and {r["image"] for r in table} == {str(p) for p in sorted(photos.rglob("*.jpg"))}
+    names = load_checkpoint(ckpt)["labels"]
+    for r in table:
+        probs = [float(r[f"probability_{i}"]) for i in range(1, 6)]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-5
+        assert all(r[f"label_{i}"] in names for i in range(1, 6))
+    # a glob, JSON output, flip TTA
+    assert predict_main([str(photos / "*.jpg"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.json"),
+                         "--tta", "flip", "--top-k", "2"]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert len(rows) == 3 and all(len(r["top"]) == 2 and r["top"][0]["class"] for r in rows)
+    assert predict_main([str(photos), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.txt")]) == 2
+    assert "expected a .csv or .json" in capsys.readouterr().err
+
+
+def test_export_onnx_parity_and_preprocessing(two_stage_run, tmp_path, capsys):
+    import onnxruntime as ort
+
+    ckpt = two_stage_run[0] / "checkpoints" / "best_val_top1.pt"
+    assert export_main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "m")]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["parity_max_abs_diff"] <= 1e-3 and info["num_classes"] == 15
+    pre = info["preprocessing"]
+    assert pre["input_size"] == [3, 64, 64] and pre["interpolation"] == "bicubic" and len(pre["mean"]) == 3
+    side = json.loads((tmp_path / "m" / "foodrec.json").read_text())
+    assert side["classes"] == load_checkpoint(ckpt)["classes"]
+    # dynamic batch: 3 images through ONNX Runtime agree with PyTorch
+    from foodrec.eval import load_classifier
+
+    loaded = load_classifier(ckpt)
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    session = ort.InferenceSession(str(tmp_path / "m" / "foodrec.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"image": x.numpy()})[0]
+    with torch.no_grad():
+        ref = loaded.model(x).numpy()
+    assert got.shape == (3, 15) and np.abs(got - ref).max() <= 1e-3
+    meta = {p.key: json.loads(p.value) for p in __import__("onnx").load(str(tmp_path / "m" / "foodrec.onnx")).metadata_props}
+    assert meta["preprocessing"]["mean"] == pre["mean"] and meta["labels"][0] == "Apple pie"
+
+
+def test_run_writes_three_splits_class_list_and_per_epoch_training_stats(two_stage_run):
+    out = two_stage_run[0]
+    split = json.loads((out / "split.json").read_text())
+    assert split["counts"]["test"] == 45 and split["counts"]["train"] + split["counts"]["val"] == 163
+    assert split["layout"] == "food101" and split["carved"]["val"]["fraction"] == 0.15
+    assert not {p for p, _ in split["splits"]["val"]} & {p for p, _ in split["splits"]["test"]}
+    for name in ("last.pt", "best_val_top1.pt", "final_model.pt"):
+        ckpt = load_checkpoint(out / "checkpoints" / name)
+        assert ckpt["num_classes"] == 15 == len(ckpt["classes"]) and ckpt["classes"][0] == "apple_pie", name
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["split"] == "train"]
+    assert len(train_rows) == 3
+    for r in train_rows:
+        assert {"top1", "f1", "ce", "focal", "samples_per_s", "memory_mb", "loss", "lr"} <= set(r)
+        assert 0 <= r["top1"] <= 1 and r["ce"] > 0 and r["focal"] > 0 and r["memory_mb"] > 0
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["config"]["clip_grad_norm"] is None  # the seed clips not
+
+
+def test_mixup_mixes_a_copy_of_the_batch():
+    """timm's Mixup mixes in place; the step must not, so a second call on the same batch (the trainer's
+    out-of-memory retry) mixes the original images again."""
+    seen = []
+
+    class Record(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return x.mean(dim=(2, 3))  # (N, 3) logits for 3 classes
+
+    step = make_step(CombinedClassificationLoss(), make_mixup(3))
+    batch = {"image": torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)),
+             "label": torch.tensor([0, 1, 2, 0])}
+    original = batch["image"].clone()
+    model = Record().train()
+    for _ in range(2):
+        np.random.seed(7)
+        torch.manual_seed(7)
+        out = step(model, batch)
+    assert torch.equal(batch["image"], original)
+    assert not torch.equal(seen[0], original) and torch.equal(seen[0], seen[1])
+    assert {"loss", "ce", "focal", "logits"} <= set(out)
+
+
+def test_eval_tta_and_one_line_errors(two_stage_run, food_data, capsys):
+    ckpt = str(two_stage_run[0] / "checkpoints" / "best_val_top1.pt")
+    base = ["--checkpoint", ckpt, "--data", str(food_data), "--split", "val"]
+    results = {}
+    for tta in ("none", "flip", "five-crop"):
+        assert eval_main([*base, "--tta", tta]) == 0
+        results[tta] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert results[tta]["tta"] == tta and 0 <= results[tta]["top1"] <= 1
+    assert results["none"]["loss"] != results["flip"]["loss"] != results["five-crop"]["loss"]
+    assert eval_main([*base, "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["foodrec-eval: error: --batch-size must be >= 1 (got 0)"]
+
+
+def test_checkpoint_flag_error_names_the_flag_typed(tmp_path, capsys):
+    assert train_main(["--checkpoint", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("foodrec-train: error: --checkpoint ") and "--resume" not in err[0]
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_unreadable_photo_stops_with_one_line_naming_skip_bad_images(food_data, tmp_path, capsys, workers):
+    data = tmp_path / "data"
+    shutil.copytree(food_data, data, symlinks=True)
+    bad = sorted(p for c in ("apple_pie", "hot_dog", "pizza") for p in (data / "food-101" / "images" / c).glob("*.jpg"))
+    for photo in bad:  # a third of the photos, so the first batches hit some (the order is seeded)
+        photo.unlink()
+        photo.write_bytes(b"not a jpeg")
+    argv = _argv(data, tmp_path / "run", "--epochs", "1", "--max-steps", "2", "--no-mixup", "--num-workers", workers)
+    assert train_main(argv) == 1
+    text = capsys.readouterr().err
+    err = [line for line in text.splitlines() if line.startswith("foodrec-train: error:")]
+    assert "Traceback" not in text and len(err) == 1, text
+    assert "cannot read image" in err[0] and "--skip-bad-images" in err[0], err
+    assert any(str(p) in err[0] for p in bad)
+    assert train_main([*argv, "--skip-bad-images", "--out", str(tmp_path / "run2")]) == 0
+    skipped = json.loads((tmp_path / "run2" / "summary.json").read_text())["bad_images"]
+    assert skipped and set(skipped) <= {str(p) for p in bad}
 
 
 def test_seed_defaults_and_presets():

@@ -9,18 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
-from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog
-from plantid.data import (
-    DataError,
-    PlantDataset,
-    PlantSample,
-    decode_transform,
-    eval_transform,
-    load_image,
-    load_index,
-    stratified_split,
-    train_transform,
-)
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, BadSampleLog, stratified_split
+from mlcore.vision import DataError, load_image, load_index
+from mlcore.vision import ImageDataset as PlantDataset
+from mlcore.vision import Sample as PlantSample
+from mlcore.vision import eval_transform as _eval_transform
+from mlcore.vision.preprocess import DEFAULT_DATA_CONFIG
+from plantid.data import decode_transform, train_transform
+
+
+def eval_transform(size: int):
+    return _eval_transform({**DEFAULT_DATA_CONFIG, "input_size": (3, size, size)})
 
 
 def _samples(counts):

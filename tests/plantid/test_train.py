@@ -37,8 +37,11 @@ def test_run_directory_and_training_config(run, capsys):
     tc = json.loads((run / "training_config.json").read_text())
     assert tc["effective_batch"] == 8 and tc["micro_batch"] == 4 and tc["accum_steps"] == 2
     assert tc["parameters"]["model_type"] == "dinov2_tiny" and tc["parameters"]["gpu_aug"] is True
+    # 8 photos per class: 1 carved for test (15%), 1 of the other 7 for val (20%), 6 train
     assert tc["dataset"] == {"root": tc["dataset"]["root"], "layout": "imagefolder", "classes": 5,
-                             "train": 30, "val": 10}
+                             "train": 30, "val": 5, "test": 5}
+    split = json.loads((run / "split.json").read_text())
+    assert split["counts"] == {"train": 30, "val": 5, "test": 5} and split["carved"]["test"]["seed"] == 0
     assert set(tc["timings"]["stages"]) == {"frozen", "finetune"} and tc["device"] == "cpu"
     # 30 train photos, batch 4 (drop_last) = 7 micro-batches = 4 updates per epoch
     assert [s["steps"] for s in tc["timings"]["stages"].values()] == [4, 4]
@@ -54,7 +57,7 @@ def test_eval_reproduces_the_run_validation(run, small_flowers, capsys, tmp_path
                               "--split", "val", "--num-workers", "0", "--out", str(tmp_path)])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["n_images"] == 10
+    assert result["n_images"] == 5
     assert result["top1"] == pytest.approx(final["top1"]) and result["loss"] == pytest.approx(final["loss"], rel=1e-5)
     assert (tmp_path / "confusion_matrix.png").is_file() and (tmp_path / "per_class.csv").is_file()
 
@@ -98,7 +101,7 @@ def test_bad_flags_are_one_line_errors(small_flowers, tmp_path, capsys):
 
 
 def test_workers_capped_at_cpu_count():
-    assert PlantIdConfig(num_workers=10_000).workers() == os.cpu_count()
+    assert PlantIdConfig(num_workers=10_000).workers() == len(os.sched_getaffinity(0))
     assert PlantIdConfig(num_workers=1).workers() == 1
     assert PlantIdConfig().num_workers == 8 and PlantIdConfig().accum_steps == 2 and PlantIdConfig().batch_size == 16
 
@@ -115,3 +118,19 @@ def test_cpu_preset_parses(flowers_root):
     cfg = parse_config(PlantIdConfig, ["--config", "cpu", "--data", str(flowers_root)], prog="plantid-train",
                        presets_package="plantid")
     assert cfg.model_type == "efficientnet_lite0" and cfg.pretrained and 0 < cfg.frozen_epochs < cfg.epochs
+
+
+def test_predict_folder_and_export_onnx(run, small_flowers, tmp_path, capsys):
+    from plantid import export as plantid_export
+
+    ckpt = run / "checkpoints" / "best_val_top1.pt"
+    assert load_checkpoint(ckpt)["classes"] == ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+    assert plantid_predict.main([str(small_flowers / "rose"), "--checkpoint", str(ckpt), "--out",
+                                 str(tmp_path / "p.json"), "--tta", "five-crop"]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert len(rows) == 8 and all(len(r["top"]) == 5 for r in rows)
+    assert plantid_export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "onnx"),
+                                "--sample-image", str(sorted((small_flowers / "rose").iterdir())[0])]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["parity_max_abs_diff"] <= 1e-3 and (tmp_path / "onnx" / "plantid.onnx").is_file()
+    assert info["preprocessing"]["input_size"] == [3, 28, 28] and info["preprocessing"]["crop_pct"] == 224 / 256

@@ -257,9 +257,11 @@ def parse_config(config_cls: type[C], argv: Sequence[str] | None = None, *, prog
         try:
             ckpt = resolve_resume_path(args["resume"])
         except CheckpointError as exc:
-            raise ConfigError(str(exc)) from exc
+            # name the flag the user typed (an alias such as --checkpoint), not the field's own name
+            raise ConfigError(str(exc).replace("--resume", _typed_flag(parser, "resume", argv), 1)) from exc
         if ckpt.is_file():  # an empty, truncated, unsafe or other-domain file: one line before any work
-            load_checkpoint(ckpt, flag="--resume", expect_domain=config_domain(config), mmap=True)
+            load_checkpoint(ckpt, flag=_typed_flag(parser, "resume", argv), expect_domain=config_domain(config),
+                            mmap=True)
         saved = ckpt.parent.parent / "config.yaml"
         if saved.is_file():
             # resume and max_steps are about one invocation (where to stop), not the run itself
@@ -269,6 +271,14 @@ def parse_config(config_cls: type[C], argv: Sequence[str] | None = None, *, prog
     config = _apply(config, args, "command line")
     config.validate()
     return config
+
+
+def _typed_flag(parser: argparse.ArgumentParser, dest: str, argv: Sequence[str] | None) -> str:
+    """The option string (of ``dest``'s, aliases included) that appears last in ``argv``; its first name if none."""
+    action = next(a for a in parser._actions if a.dest == dest)
+    typed = [a.split("=", 1)[0] for a in (sys.argv[1:] if argv is None else argv)]
+    used = [t for t in typed if t in action.option_strings]
+    return used[-1] if used else action.option_strings[0]
 
 
 def run_cli(main: Callable[[], int | None], *, prog: str,
@@ -294,10 +304,18 @@ def run_cli(main: Callable[[], int | None], *, prog: str,
 
 def one_line(exc: BaseException) -> str:
     """An exception's message as one line: its first non-empty line (library errors such as
-    torch's ``load_state_dict`` list one key per line), with `` (+N more lines)`` when cut."""
+    torch's ``load_state_dict`` list one key per line), with `` (+N more lines)`` when cut. An exception
+    re-raised from a ``DataLoader`` worker (whose message carries the worker's traceback) gives the
+    original exception's own message instead."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     if not lines:
         return type(exc).__name__
+    if "Original Traceback" in str(exc):
+        name = type(exc).__name__
+        for prefix in (f"{type(exc).__module__}.{name}: ", f"{name}: "):
+            if lines[-1].startswith(prefix):
+                return lines[-1][len(prefix):]
+        return lines[-1]
     return lines[0] + (f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else "")
 
 

@@ -3,8 +3,9 @@
 The defaults are the seed's high-quality configuration (``../shared/seeds/002``): EfficientNet-B3 at
 300 px, AdamW lr 1e-3 and weight decay 0.01, batch 16, 5 warmup epochs from 0.1 x lr, cosine to
 1e-6, 150 epochs, 0.7 x CE (label smoothing 0.1) + 0.3 x focal (gamma 2), mixup (alpha 0.2) or
-CutMix (alpha 1.0) chosen 50/50 per batch. ``--two-stage`` first trains the head on a frozen
-backbone (``--stage1-epochs``, ``--stage1-lr``, no mixup), then everything.
+CutMix (alpha 1.0) chosen 50/50 per batch, no gradient clipping ("no explicit clipping needed"), 4 loader
+workers (capped at the CPUs). ``--two-stage`` first trains the head on a frozen backbone
+(``--stage1-epochs``, ``--stage1-lr``, no mixup), then everything.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from foodrec.models import BACKBONES
-from mlcore.config import ConfigError, TrainConfig, opt, sample_data_dir
+from mlcore.config import ConfigError, opt, sample_data_dir
+from mlcore.vision import ClassificationConfig
 
 
 @dataclass
-class FoodRecConfig(TrainConfig):
+class FoodRecConfig(ClassificationConfig):
     """All ``foodrec-train`` options (see ``foodrec-train --help``)."""
 
     data: str | None = opt(sample_data_dir("food101_sample"), "Food-101 root (the food-101 folder or its parent)")
@@ -29,8 +31,8 @@ class FoodRecConfig(TrainConfig):
     warmup_start_factor: float = opt(0.1, "warmup starts at this fraction of the peak LR")
     min_lr: float = opt(1e-6, "final LR of the cosine schedule")
     image_size: int = opt(300, "input size in px")
-    monitor: str = opt("val_top1", "metric for early stopping and the best checkpoint")
-    monitor_mode: str = opt("max", "the monitored metric should go up", choices=("min", "max"))
+    num_workers: int = opt(4, "loader worker processes (capped at the CPUs)")
+    clip_grad_norm: float | None = opt(None, "clip the global gradient norm to this value (none: off, as the seed)")
     best_monitors: str | None = opt("val_f1:max", "extra best checkpoints (NAME:min|max, comma-separated)")
     backbone: str = opt("efficientnet_b3", "timm backbone", choices=BACKBONES)
     backbone_weights: str = opt("imagenet", "backbone initialisation when --pretrained: imagenet (hub) or "
@@ -39,15 +41,14 @@ class FoodRecConfig(TrainConfig):
     mixup_alpha: float = opt(0.2, "mixup Beta(alpha, alpha)")
     cutmix_alpha: float = opt(1.0, "CutMix Beta(alpha, alpha)")
     mixup_switch_prob: float = opt(0.5, "probability of CutMix instead of mixup per batch")
-    label_smoothing: float = opt(0.1, "label smoothing (folded into the mixed target when mixing)")
+    label_smoothing: float = opt(0.1, "label smoothing of the cross-entropy term (the focal term is not smoothed)")
     ce_weight: float = opt(0.7, "weight of the cross-entropy term")
     focal_weight: float = opt(0.3, "weight of the focal term")
     focal_gamma: float = opt(2.0, "focal loss gamma")
     two_stage: bool = opt(False, "stage 1: frozen backbone, head only; stage 2: everything")
     stage1_epochs: int = opt(10, "stage 1 epochs (with --two-stage)")
     stage1_lr: float = opt(1e-3, "stage 1 learning rate (with --two-stage)")
-    val_fraction: float = opt(0.15, "stratified fraction of train held out for validation")
-    skip_bad_images: bool = opt(False, "skip (and count) unreadable images instead of stopping")
+    val_fraction: float = opt(0.15, "per-class fraction of train held out for validation (checkpoint selection)")
     resume: str | None = opt(None, "continue a run: its directory or a checkpoint (last_checkpoint.pt)",
                              aliases=("--checkpoint",))
 
@@ -55,8 +56,6 @@ class FoodRecConfig(TrainConfig):
         super().validate()
         if self.data is None:
             raise ConfigError("--data is required: the Food-101 folder (food-101/) or its parent")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in (0, 1) (got {self.val_fraction})")
         if self.pretrained and self.backbone_weights == "offline" and self.backbone != "efficientnet_lite0":
             raise ConfigError(f"--backbone-weights offline is only available for --backbone efficientnet_lite0 "
                               f"(got --backbone {self.backbone})")

@@ -7,17 +7,17 @@ the training device (kornia), 60 epochs of which the first 5 train the head on a
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlcore.checkpoint import load_checkpoint
-from mlcore.config import ConfigError, TrainConfig, opt, sample_data_dir
+from mlcore.config import ConfigError, opt, sample_data_dir
+from mlcore.vision import ClassificationConfig, capped_workers
 from plantid.models import HEADS, MODEL_TYPES, PATCH_SIZE
 
 
 @dataclass
-class PlantIdConfig(TrainConfig):
+class PlantIdConfig(ClassificationConfig):
     """All ``plantid-train`` options (see ``plantid-train --help``)."""
 
     data: str | None = opt(sample_data_dir("flowers"), "ImageFolder (CLASS/NAME.jpg) or PlantNet-300K root")
@@ -49,10 +49,7 @@ class PlantIdConfig(TrainConfig):
     aug_blur_p: float = opt(0.1, "Gaussian blur probability")
     aug_vflip_p: float = opt(0.5, "vertical flip probability")
     label_smoothing: float = opt(0.1, "cross-entropy label smoothing")
-    val_fraction: float = opt(0.2, "ImageFolder: stratified fraction held out for validation (seeded by --seed)")
-    skip_bad_images: bool = opt(True, "skip (log and count) unreadable images instead of stopping")
-    monitor: str = opt("val_top1", "metric for early stopping and the best checkpoint")
-    monitor_mode: str = opt("max", "the monitored metric should go up", choices=("min", "max"))
+    skip_bad_images: bool = opt(True, "skip (log and count in summary.json) unreadable photos instead of stopping")
 
     def validate(self) -> None:
         # --weights may be a Hugging Face folder here, which TrainConfig (files only) would reject
@@ -82,8 +79,6 @@ class PlantIdConfig(TrainConfig):
             raise ConfigError(f"--trainable-stages must be >= 1 or none (got {self.trainable_stages})")
         if not self.frozen_lr > 0:
             raise ConfigError(f"--frozen-lr must be > 0 (got {self.frozen_lr})")
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"--val-fraction must be in (0, 1) (got {self.val_fraction})")
         if not 0 < self.aug_scale_min <= 1:
             raise ConfigError(f"--aug-scale-min must be in (0, 1] (got {self.aug_scale_min})")
         for name in ("aug_blur_p", "aug_vflip_p", "dropout"):
@@ -95,8 +90,8 @@ class PlantIdConfig(TrainConfig):
             raise ConfigError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
 
     def workers(self) -> int:
-        """``--num-workers`` capped at the CPU count (the seed: ``min(cores, 8)``)."""
-        return min(self.num_workers, os.cpu_count() or 1)
+        """``--num-workers`` capped at the CPUs (the seed: ``min(cores, 8)``)."""
+        return capped_workers(self.num_workers)
 
     def aug_kwargs(self) -> dict[str, float]:
         """The augmentation strength shared by the kornia and torchvision pipelines."""

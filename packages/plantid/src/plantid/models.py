@@ -42,6 +42,10 @@ DINOV2_ARCHS = {
 MODEL_TYPES: tuple[str, ...] = ("dinov2_small", "dinov2_base", "dinov2_large", "dinov2_tiny", "efficientnet_lite0")
 HEADS: tuple[str, ...] = ("linear", "mlp")
 PATCH_SIZE = 14
+DINOV2_DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
+                      "std": (0.229, 0.224, 0.225), "crop_pct": 224 / 256, "crop_mode": "center"}
+"""DINOv2's preprocessing as its authors' image processor (``facebook/dinov2-*``, ``preprocessor_config.json``)
+defines it: shortest edge 256 bicubic, centre crop 224, ImageNet mean/std; in timm's data-config form."""
 
 
 class PlantClassifier(nn.Module):
@@ -58,6 +62,8 @@ class PlantClassifier(nn.Module):
         self.head = head
         self.model_type = model_type
         self.frozen_parts: list[nn.Module] = []
+        if model_type.startswith("dinov2"):  # timm backbones carry their own pretrained_cfg
+            self.pretrained_cfg = dict(DINOV2_DATA_CONFIG)
 
     @property
     def backbone_frozen(self) -> bool:

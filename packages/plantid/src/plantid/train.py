@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
-from mlcore import Trainer, make_loader
+from mlcore import make_loader
 from mlcore.checkpoint import CheckpointError, load_checkpoint
 from mlcore.cli import train_main
 from mlcore.data import BadSampleLog
@@ -28,17 +28,20 @@ from mlcore.reports import confusion_png
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
 from mlcore.trainer import with_overrides
-from plantid.augment import DeviceAugmentation, DeviceNormalize
-from plantid.config import PlantIdConfig
-from plantid.data import (
+from mlcore.vision import (
+    BAD_IMAGE_HINT,
+    ClassifierTrainer,
     DataError,
-    PlantDataset,
-    PlantIndex,
-    decode_transform,
+    EpochTrainStats,
+    ImageDataset,
+    ImageIndex,
     eval_transform,
     load_index,
-    train_transform,
+    resolve_data_config,
 )
+from plantid.augment import DeviceAugmentation, DeviceNormalize
+from plantid.config import PlantIdConfig
+from plantid.data import decode_transform, train_transform
 from plantid.losses import classification_loss
 from plantid.metrics import ClassificationMetrics
 from plantid.models import build_model, freeze_backbone, param_count
@@ -46,15 +49,17 @@ from plantid.models import build_model, freeze_backbone, param_count
 log = logging.getLogger("plantid.train")
 
 
-def make_step(label_smoothing: float = 0.0, augment: torch.nn.Module | None = None):
+def make_step(label_smoothing: float = 0.0, augment: torch.nn.Module | None = None,
+              normalize: torch.nn.Module | None = None):
     """``step(model, batch) -> {"loss", "logits"}`` for :class:`mlcore.Trainer`.
 
     A ``uint8`` batch (``--gpu-aug``) is augmented by ``augment`` (kornia, on the batch's device) while
-    ``model.training``, and only normalised (:class:`~plantid.augment.DeviceNormalize`) otherwise; a
-    float batch (``--no-gpu-aug``) is used as it is. ``batch["image"]``: ``(N, 3, S, S)`` uint8 or
+    ``model.training``, and only normalised (``normalize``, default
+    :class:`~plantid.augment.DeviceNormalize` with ImageNet statistics) otherwise; a float batch
+    (``--no-gpu-aug`` and every evaluation) is used as it is. ``batch["image"]``: ``(N, 3, S, S)`` uint8 or
     float32; ``batch["label"]``: ``(N,)`` int64.
     """
-    normalize = DeviceNormalize()
+    normalize = normalize if normalize is not None else DeviceNormalize()
     placed: dict[str, torch.device] = {}
 
     def on(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
@@ -77,15 +82,16 @@ def make_step(label_smoothing: float = 0.0, augment: torch.nn.Module | None = No
     return step
 
 
-def build_datasets(cfg: PlantIdConfig, index: PlantIndex, bad: BadSampleLog | None
-                   ) -> tuple[PlantDataset, PlantDataset]:
-    """Train and val datasets for ``cfg.gpu_aug`` (uint8 resize only) or the torchvision pipeline."""
+def build_datasets(cfg: PlantIdConfig, index: ImageIndex, bad: BadSampleLog | None, data_cfg: dict[str, Any]
+                   ) -> tuple[ImageDataset, ImageDataset]:
+    """Train (``cfg.gpu_aug``: uint8 resize only; else the torchvision pipeline) and val datasets; val
+    is always the model's evaluation preprocessing (:func:`mlcore.vision.eval_transform` of ``data_cfg``)."""
     if cfg.gpu_aug:
-        train_tf = val_tf = decode_transform(cfg.image_size)
+        train_tf = decode_transform(cfg.image_size)
     else:
-        train_tf, val_tf = train_transform(cfg.image_size, **cfg.aug_kwargs()), eval_transform(cfg.image_size)
-    return (PlantDataset(index.samples("train"), train_tf, bad_samples=bad),
-            PlantDataset(index.samples("val"), val_tf, bad_samples=bad))
+        train_tf = train_transform(cfg.image_size, **cfg.aug_kwargs(), mean=data_cfg["mean"], std=data_cfg["std"])
+    return (ImageDataset(index.samples("train"), train_tf, bad_samples=bad, hint=BAD_IMAGE_HINT),
+            ImageDataset(index.samples("val"), eval_transform(data_cfg), bad_samples=bad, hint=BAD_IMAGE_HINT))
 
 
 def _stage_timing(before: dict[str, Any], after: dict[str, Any], t0: float) -> dict[str, Any]:
@@ -105,17 +111,8 @@ def train(cfg: PlantIdConfig) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
-    index = load_index(cfg.data, val_fraction=cfg.val_fraction, seed=cfg.seed)
-    bad = BadSampleLog() if cfg.skip_bad_images else None
-    train_ds, val_ds = build_datasets(cfg, index, bad)
-    workers = cfg.workers()
-    log.info("data %s (%s): %d classes, %d train, %d val; %d loader workers (asked %d), %s augmentation",
-             cfg.data, index.layout, index.num_classes, len(train_ds), len(val_ds), workers, cfg.num_workers,
-             "on-device kornia" if cfg.gpu_aug else "torchvision CPU")
-    train_loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
-                               num_workers=workers, drop_last=len(train_ds) > cfg.batch_size)
-    val_loader = make_loader(val_ds, batch_size=cfg.batch_size * 2, shuffle=False, seed=cfg.seed, num_workers=workers)
-
+    index = load_index(cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.seed,
+                       test_seed=cfg.test_seed)
     weights_file = cfg.weights if cfg.weights and Path(cfg.weights).is_file() else None
     weights_dir = cfg.weights if cfg.weights and Path(cfg.weights).is_dir() else None
     pretrained = cfg.pretrained and not cfg.resume and weights_file is None
@@ -129,12 +126,29 @@ def train(cfg: PlantIdConfig) -> dict[str, Any]:
         except (RuntimeError, TypeError) as exc:
             raise CheckpointError(f"--weights {weights_file}: does not match {cfg.model_type} with "
                                   f"{index.num_classes} classes ({str(exc).splitlines()[0]})") from exc
-    augment = DeviceAugmentation(cfg.image_size, **cfg.aug_kwargs()) if cfg.gpu_aug else None
+    data_cfg = resolve_data_config(model, cfg.image_size)  # the weights' own mean/std, interpolation, crop
+    bad = BadSampleLog() if cfg.skip_bad_images else None
+    train_ds, val_ds = build_datasets(cfg, index, bad, data_cfg)
+    workers = cfg.workers()
+    log.info("data %s (%s): %d classes, %d train, %d val, %d test; %d loader workers (asked %d), %s augmentation",
+             cfg.data, index.layout, index.num_classes, len(train_ds), len(val_ds),
+             len(index.splits.get("test", [])), workers, cfg.num_workers,
+             "on-device kornia" if cfg.gpu_aug else "torchvision CPU")
+    train_loader = make_loader(train_ds, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed,
+                               num_workers=workers, drop_last=len(train_ds) > cfg.batch_size)
+    val_loader = make_loader(val_ds, batch_size=cfg.batch_size * 2, shuffle=False, seed=cfg.seed, num_workers=workers)
+
+    augment = DeviceAugmentation(cfg.image_size, **cfg.aug_kwargs(), mean=data_cfg["mean"],
+                                 std=data_cfg["std"]) if cfg.gpu_aug else None
     metric = ClassificationMetrics(index.num_classes, index.classes)  # + per-class F1 every epoch
-    trainer = Trainer(model, cfg, make_step(cfg.label_smoothing, augment), metrics=[metric])
+    stats = EpochTrainStats(index.num_classes)  # training accuracy/F1, samples/s and memory per epoch
+    step = make_step(cfg.label_smoothing, augment, DeviceNormalize(data_cfg["mean"], data_cfg["std"]))
+    trainer = ClassifierTrainer(model, cfg, stats.wrap(step), eval_step=step, metrics=[metric], callbacks=[stats],
+                                classes=index.classes, labels=index.labels)
     if trainer.logger.enabled:
         write_json_atomic(trainer.run_dir / "label_mapping.json",
                           {"classes": index.classes, "labels": index.labels, "layout": index.layout})
+        index.write_split_json(trainer.run_dir / "split.json")
 
     stages: dict[str, Any] = {}
     summary: dict[str, Any] = {}
@@ -166,7 +180,7 @@ def train(cfg: PlantIdConfig) -> dict[str, Any]:
             "device": summary.get("device"),
             "precision": summary.get("precision"),
             "dataset": {"root": str(index.root), "layout": index.layout, "classes": index.num_classes,
-                        "train": len(train_ds), "val": len(val_ds)},
+                        "train": len(train_ds), "val": len(val_ds), "test": len(index.splits.get("test", []))},
             "model": {"type": cfg.model_type, "params": param_count(model), "image_size": cfg.image_size},
             "timings": {"wall_time_s": round(time.perf_counter() - t_start, 3),
                         "train_time_s": summary.get("train_time_s"),
