@@ -219,7 +219,13 @@ def test_eval_tta_and_one_line_errors(two_stage_run, food_data, capsys):
     assert results["none"]["loss"] != results["flip"]["loss"] != results["five-crop"]["loss"]
     assert eval_main([*base, "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["foodrec-eval: error: --batch-size must be >= 1 (got 0)"]
+    assert len(err) == 1 and err[0].startswith("foodrec-eval: error: ") and "--batch-size" in err[0]
+    assert "must be >= 1 (got 0)" in err[0]
+    for main in (eval_main, predict_main):
+        argv = [*base, "--device", "gpu"] if main is eval_main else [str(food_data), "--checkpoint", ckpt, "--device", "gpu"]
+        assert main(argv) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(err) == 1 and "--device" in err[0] and "expected one of" in err[0]
 
 
 def test_checkpoint_flag_error_names_the_flag_typed(tmp_path, capsys):

@@ -29,7 +29,7 @@ from mlcore.checkpoint import CheckpointError
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from mlcore.data import make_loader
-from mlcore.devices import DEVICES, build_strategy
+from mlcore.devices import DEVICE_FORMS, build_strategy, check_device
 from mlcore.metrics import ClassificationMetrics
 from mlcore.reports import write_classification_report
 from mlcore.runlog import write_json_atomic
@@ -93,12 +93,13 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint written by the train command (best_*.pt, last.pt)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
     p.add_argument("--num-workers", type=int, default=0, help="loader worker processes (capped at the CPUs)")
-    p.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)}")
+    p.add_argument("--device", default="auto", help=f"one of {DEVICE_FORMS}")
     p.add_argument("--tta", choices=TTA_MODES, default="none",
                    help="test-time augmentation: flip (image + mirror), five-crop (4 corners + centre); logits averaged")
 
 
 def _prepare(args: argparse.Namespace, load: Callable[[Path], LoadedClassifier]):
+    check_device(args.device)  # a bad --device is one line (exit 2) before anything is read
     _positive(args.batch_size, "--batch-size")
     if args.num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0 (got {args.num_workers})")
