@@ -46,7 +46,7 @@ def test_errors_stay_pil_errors(tmp_path):
         load_rgb(tmp_path / "text.jpg")
 
 
-@pytest.mark.parametrize("module", ["foodrec.data", "plantid.data"])
+@pytest.mark.parametrize("module", ["mlcore.vision"])  # foodrec and plantid load photos through mlcore.vision
 def test_domain_photo_loaders_apply_exif(tmp_path, module):
     mod = pytest.importorskip(module)
     image = mod.load_image(_portrait_photo_stored_landscape(tmp_path / "phone.jpg"))
