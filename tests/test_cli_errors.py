@@ -43,11 +43,13 @@ COMMANDS = _commands()
 BASE: dict[str, list[str]] = {
     "foodrec-eval": ["--checkpoint", "{bad}/food.pt", "--data", "{bad}/empty_dir"],
     "foodrec-predict": ["{bad}/photo.jpg", "--checkpoint", "{bad}/food.pt"],
+    "foodrec-export": ["--checkpoint", "{bad}/food.pt", "--out", "{out}"],
     "hairseg-eval": ["--data", "{bad}/empty_dir"],
     "hairseg-export": ["--checkpoint", "{bad}/hair.pt", "--out", "{out}"],
     "hairseg-predict": ["{bad}/photo.jpg", "--out", "{out}"],
     "plantid-eval": ["--checkpoint", "{bad}/plant.pt", "--data", "{bad}/empty_dir"],
     "plantid-predict": ["{bad}/photo.jpg", "--checkpoint", "{bad}/plant.pt"],
+    "plantid-export": ["--checkpoint", "{bad}/plant.pt", "--out", "{out}"],
     "roofseg-eval": ["--checkpoint", "{bad}/roof.pt", "--data", "{bad}/empty_dir"],
     "roofseg-predict": ["{bad}/photo.jpg", "--checkpoint", "{bad}/roof.pt", "--out", "{out}"],
     "roofseg-agreement": ["--data", "{bad}/empty_dir"],
