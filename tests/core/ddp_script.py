@@ -1,7 +1,8 @@
 """Trains a small MLP with mlcore; run under torchrun (DDP, gloo) or as one process.
 
-Usage: python ddp_script.py OUT_FILE BATCH_SIZE ACCUM_STEPS RUN_DIR
-Rank 0 writes the final parameters to OUT_FILE.
+Usage: python ddp_script.py OUT_FILE BATCH_SIZE ACCUM_STEPS RUN_DIR [two_stage]
+Rank 0 writes the final parameters to OUT_FILE. ``two_stage``: a frozen-first-layer stage (1 epoch,
+lr 0.1), then the whole model (freeze then finetune, as foodrec and plantid do).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch.utils.data import TensorDataset
 from mlcore import TrainConfig, Trainer, make_loader
 from mlcore.distributed import destroy_distributed, is_main_process
 from mlcore.testing import Accuracy  # noqa: F401  (import check under torchrun)
+from mlcore.trainer import with_overrides
 
 
 class Pairs(TensorDataset):
@@ -46,7 +48,17 @@ def main() -> None:
             return default_hooks.allreduce_hook(None, bucket)
 
         trainer.model.register_comm_hook(None, counting_hook)
-    summary = trainer.fit(loader, val)
+    if len(sys.argv) > 5 and sys.argv[5] == "two_stage":
+        first = list(model[0].parameters())
+        for p in first:
+            p.requires_grad_(False)
+        trainer.fit(loader, val, stage="frozen", config=with_overrides(cfg, epochs=1, lr=0.1))
+        for p in first:
+            p.requires_grad_(True)
+        summary = trainer.fit(loader, val, stage="finetune")
+        assert summary["completed_stages"] == ["frozen", "finetune"]
+    else:
+        summary = trainer.fit(loader, val)
     if is_main_process():
         torch.save({"params": {k: v.detach().clone() for k, v in trainer.raw_model.state_dict().items()},
                     "summary_world": summary["world_size"], "val_loss": summary["final"]["loss"],

@@ -119,3 +119,57 @@ def test_a_checkpoint_with_non_finite_weights_is_never_written(toy):
     with pytest.raises(NonFiniteLossError, match="head.bias"):
         trainer.save_weights("last.pt")
     assert (trainer.run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def _two_stage(trainer, train, val):
+    """Freeze-then-finetune as foodrec/plantid do it: stage 2 only once stage 1 completed."""
+    features = list(trainer.raw_model.features.parameters())
+    for p in features:
+        p.requires_grad_(False)
+    trainer.fit(train, val, stage="frozen", config=with_overrides(trainer.config, epochs=1, lr=0.1))
+    for p in features:
+        p.requires_grad_(True)
+    if "frozen" in trainer.completed_stages:
+        trainer.fit(train, val, stage="finetune")
+    return trainer
+
+
+@pytest.mark.parametrize("stop", ["max_steps", "SIGTERM"])
+def test_two_stage_run_stopped_in_stage1_resumes_bitwise(toy, tmp_path, params_of, stop):
+    """Issue 11 bar: stopped inside stage 1 (--max-steps or SIGTERM) and resumed == uninterrupted (CPU, workers)."""
+    import os
+    import signal
+
+    from mlcore.trainer import TrainingInterrupted
+
+    common = dict(n_train=40, epochs=2, batch_size=4, lr=0.05, optimizer="adamw", ema_decay=0.9,
+                  num_workers=2, warmup_steps=2, clip_grad_norm=1.0)
+    full = _two_stage(*toy(out=str(tmp_path / "full"), **common))
+    assert full.completed_stages == ["frozen", "finetune"] and full.global_step == 30
+
+    calls = {"n": 0}
+
+    def step(model, batch):
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return classification_step(model, batch)
+
+    if stop == "max_steps":
+        part = _two_stage(*toy(out=str(tmp_path / "part"), max_steps=4, **common))
+        assert part.global_step == 4 and part.completed_stages == []
+    else:
+        with pytest.raises(TrainingInterrupted) as err:
+            _two_stage(*toy(out=str(tmp_path / "part"), step=step, **common))
+        assert err.value.signum == signal.SIGTERM and err.value.step == 6
+    trainer, train, val = toy(out=str(tmp_path / "part"), model_seed=123, **common)
+    cfg = dataclasses.replace(trainer.config, resume=str(tmp_path / "part"))
+    resumed = _two_stage(Trainer(TinyCNN(), cfg, classification_step, metrics=[Accuracy()]), train, val)
+    assert resumed.completed_stages == ["frozen", "finetune"] and resumed.global_step == 30
+    a, b = params_of(full), params_of(resumed)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for x, y in zip(full.ema.module.state_dict().values(), resumed.ema.module.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]

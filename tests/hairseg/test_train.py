@@ -192,3 +192,38 @@ def test_offline_imagenet_download_is_one_line(tmp_path, small_folder):
     err = [line for line in out.stderr.splitlines() if line.startswith("hairseg-train: error:")]
     assert out.returncode == 1 and len(err) == 1 and "Traceback" not in out.stderr
     assert "--encoder-weights offline" in err[0]
+
+
+def test_ctrl_c_saves_last_pt_exits_130_and_resumes(tmp_path, small_folder):
+    """Issue 16 bar: SIGINT to a running hairseg-train writes last.pt, prints one line and no traceback,
+    exits 130, and --resume continues."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mlcore.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    argv = ["--data", str(small_folder), "--out", str(out), "--encoder", "mobilenet_v2", "--no-pretrained",
+            "--image-size", "64", "--batch-size", "4", "--epochs", "50", "--num-workers", "1",
+            "--cache-dir", str(tmp_path / "cache"), "--examples", "0", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "hairseg.train", *argv], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in p.stderr:  # the trainer handles signals from its "stage ..." line on
+        seen.append(line)
+        if "mlcore.trainer: stage main:" in line:
+            p.send_signal(signal.SIGINT)
+            break
+    _, rest = p.communicate(timeout=300)
+    err = "".join(seen) + rest
+    assert p.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    ours = [ln for ln in err.splitlines() if ln.startswith("hairseg-train:")]
+    assert len(ours) == 1 and "stopped by SIGINT" in ours[0] and f"--resume {out}" in ours[0], ours
+    step = load_checkpoint(out / "checkpoints" / "last.pt")["global_step"]
+    assert step >= 1
+    assert train_main(["--resume", str(out), "--max-steps", str(step + 1)]) == 0
+    assert json.loads((out / "summary.json").read_text())["steps"] == step + 1

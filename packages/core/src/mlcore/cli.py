@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import types
 import typing
@@ -286,12 +287,25 @@ def run_cli(main: Callable[[], int | None], *, prog: str,
     """Run ``main`` turning user errors into one line on stderr and a non-zero exit code.
 
     ``ConfigError``, ``DeviceError`` and argparse errors exit 2 (bad flags or config); ``user_errors``
-    (e.g. a domain's data error), ``FileNotFoundError`` and every :class:`~mlcore.checkpoint.UserInputError`
-    (``CheckpointError`` included) exit 1. Other exceptions propagate with their traceback (they are bugs).
+    (e.g. a domain's data error), ``FileNotFoundError``, every :class:`~mlcore.checkpoint.UserInputError`
+    (``CheckpointError`` included) and a non-finite loss/gradient exit 1. A training run stopped by
+    SIGINT/SIGTERM/SIGUSR1 (:class:`~mlcore.trainer.TrainingInterrupted`: last.pt saved) prints one line
+    saying where last.pt is and how to resume, and exits 128 + the signal (130, 143); a second signal
+    (:class:`~mlcore.trainer.TrainingAborted`) exits the same way at once. Only rank 0 prints these
+    lines. Other exceptions propagate with their traceback (they are bugs).
     """
+    from mlcore.trainer import NonFiniteLossError, TrainingAborted, TrainingInterrupted
+
     setup_logging(logging.INFO)
     try:
         return int(main() or 0)
+    except (TrainingInterrupted, TrainingAborted) as exc:
+        if os.environ.get("RANK", "0") == "0":  # torchrun's rank (the process group may be gone)
+            print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except NonFiniteLossError as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
     except SystemExit as exc:  # argparse: --help (0) or a one-line flag error (2), already printed
         return exc.code if isinstance(exc.code, int) else 1
     except (ConfigError, DeviceError) as exc:
@@ -333,10 +347,12 @@ def train_main(config_cls: type[C], train: Callable[[C], dict[str, Any]], argv: 
 
     def run() -> int:
         cfg = parse_config(config_cls, argv, prog=prog, presets_package=presets_package, description=description)
-        summary = train(cfg)
-        if is_main_process():
-            print(json.dumps({k: summary.get(k) for k in summary_keys}, default=str))
-        destroy_distributed()
+        try:
+            summary = train(cfg)
+            if is_main_process():
+                print(json.dumps({k: summary.get(k) for k in summary_keys}, default=str))
+        finally:  # also when interrupted: release the process group
+            destroy_distributed()
         return 0
 
     return run_cli(run, prog=prog, user_errors=user_errors)

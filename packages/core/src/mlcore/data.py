@@ -247,6 +247,18 @@ def _remove_owned_folder(folder: str, owner_pid: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Loader workers ignore SIGINT and SIGUSR1: a Ctrl-C reaches the whole process group, and the
+    main process, which finishes its update and saves ``last.pt`` first, shuts them down. SIGTERM
+    keeps its default: the DataLoader's last-resort shutdown of a stuck worker is a SIGTERM."""
+    import signal
+
+    for name in ("SIGINT", "SIGUSR1"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, signal.SIG_IGN)
+
+
 def make_loader(
     dataset: Dataset,
     *,
@@ -266,7 +278,8 @@ def make_loader(
 
     Under ``torchrun`` (``distributed=None`` detects it, also before the process group exists)
     each rank gets its shard; ``batch_size`` is then the per-rank micro-batch. ``pad`` (default:
-    ``shuffle``, i.e. training loaders) repeats samples so all ranks get equally many.
+    ``shuffle``, i.e. training loaders) repeats samples so all ranks get equally many. Workers
+    ignore SIGINT and SIGUSR1 (the trainer's stop signals are the main process's business).
     """
     world = _world_size() if distributed in (None, True) else 1
     sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed,  # type: ignore[arg-type]
@@ -274,6 +287,7 @@ def make_loader(
                                pad=shuffle if pad is None else pad)
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
+        kwargs["worker_init_fn"] = _ignore_stop_signals
         kwargs["persistent_workers"] = True if persistent_workers is None else persistent_workers
         if prefetch_factor is not None:
             kwargs["prefetch_factor"] = prefetch_factor

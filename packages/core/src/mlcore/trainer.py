@@ -17,7 +17,6 @@ import contextlib
 import logging
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -70,6 +69,39 @@ class NonFiniteLossError(FloatingPointError):
     never written, so every file under ``checkpoints/`` is finite; the message names the step and the
     latest checkpoint on disk.
     """
+
+
+_STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR1")  # Ctrl-C, schedulers' kill, SLURM's pre-timeout signal
+
+
+class TrainingInterrupted(Exception):
+    """:meth:`Trainer.fit` stopped on SIGINT, SIGTERM or SIGUSR1 after finishing the current update
+    and writing ``last.pt`` (rank 0). ``exit_code`` is 128 + the signal number (130 SIGINT, 143
+    SIGTERM); :func:`mlcore.cli.run_cli` prints the message as one line and exits with it.
+    """
+
+    def __init__(self, signum: int, checkpoint: Path, step: int, run_dir: Path) -> None:
+        self.signum, self.checkpoint, self.step, self.run_dir = signum, checkpoint, step, run_dir
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {_signal_name(signum)} after optimizer step {step}: saved {checkpoint}; "
+                         f"continue with --resume {run_dir}")
+
+
+class TrainingAborted(KeyboardInterrupt):
+    """A second stop signal arrived while the first was being honoured: stop at once, without
+    finishing the update (``last.pt`` keeps its previous contents). ``exit_code`` is 128 + signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum, self.exit_code = signum, 128 + signum
+        super().__init__(f"aborted by a second {_signal_name(signum)}: the current update was not saved "
+                         "(last.pt, if any, holds an earlier step)")
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 def _as_outputs(out: torch.Tensor | Mapping[str, Any]) -> dict[str, Any]:
@@ -134,12 +166,8 @@ class Trainer:
         self.logger.write_config(config.to_dict())
 
         self.raw_model = self.strategy.prepare_model(model)
-        self.model: torch.nn.Module = self.raw_model
-        if self.distributed:
-            ids = [self.strategy.device.index] if self.strategy.kind == "cuda" else None
-            self.model = DistributedDataParallel(self.raw_model, device_ids=ids)
-        if config.compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+        self._wrapped_for: tuple[bool, ...] = ()
+        self.model: torch.nn.Module = self._wrap_model()
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
 
         self.callbacks: list[Callback] = list(callbacks)
@@ -157,7 +185,8 @@ class Trainer:
         self.should_stop = False
         self.micro_split = 1  # OOM back-off: each loaded batch runs as this many micro-batches
         self.oom_backoffs = 0
-        self._stop_signal = False
+        self._stop_signal = 0  # signal number received by this process (0: none)
+        self._agreed_stop = 0  # the stop signal all ranks agreed on at the last update (DDP)
         self.bad_steps = 0  # updates skipped for a non-finite loss or gradient (--max-bad-steps)
         self._last_saved: tuple[Path, int] | None = None  # (file, global step) of the latest last.pt
         self._resume: dict[str, Any] | None = None
@@ -176,6 +205,28 @@ class Trainer:
             self.logger.rewrite_metrics(self.history)  # drop rows logged after the checkpoint
             log.info("resuming from %s (stage %s, epoch %d, step %d)", config.resume,
                      self._resume["stage"], self._resume["epoch"], self.global_step)
+
+    # ------------------------------------------------------------------------------------------
+    def _trainable_signature(self) -> tuple[bool, ...]:
+        return tuple(p.requires_grad for p in self.raw_model.parameters())
+
+    def _wrap_model(self) -> torch.nn.Module:
+        """The module the loop runs: ``raw_model`` wrapped for data parallelism (DDP under
+        ``torchrun``) and ``torch.compile``d with ``--compile``.
+
+        Called once by the constructor and again by :meth:`fit` at the start of a stage whose set of
+        trainable parameters differs from the one of the last wrap (DDP only reduces the parameters
+        that required grad when it was built). This is the one place a model is wrapped: another
+        parallel strategy (FSDP) plugs in here.
+        """
+        self._wrapped_for = self._trainable_signature()
+        model = self.raw_model
+        if self.distributed:
+            ids = [self.strategy.device.index] if self.strategy.kind == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        if self.config.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        return model
 
     # ------------------------------------------------------------------------------------------
     def fit(
@@ -205,6 +256,12 @@ class Trainer:
             log.info("stage %s already completed in the resumed run; skipping", stage)
             return self._summary(cfg)
         resume = self._resume if self._resume is not None and self._resume["stage"] == stage else None
+        if self.model is not self.raw_model and self._trainable_signature() != self._wrapped_for:
+            # DDP registers hooks and buckets for the parameters that require grad when it is built:
+            # after freezing/unfreezing it would wait for gradients that never come (or miss new ones)
+            self.model = self._wrap_model()
+            log.info("stage %s: the set of trainable parameters changed; model wrapped again (%s)",
+                     stage, type(self.model).__name__)
 
         accum = cfg.accum_steps
         sampler = find_resumable_sampler(train_loader)
@@ -225,7 +282,7 @@ class Trainer:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 unwrap_model(self.raw_model),
                 multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
-        stage_step, start_epoch, skip_batches = 0, 0, 0
+        stage_step, start_epoch, skip_batches, pending_eval = 0, 0, 0, None
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
@@ -233,12 +290,14 @@ class Trainer:
             if self.ema is not None and resume.get("ema") is not None:
                 self.ema.load_state_dict(resume["ema"])
             stage_step, start_epoch, skip_batches = resume["stage_step"], resume["epoch"], resume["batch_in_epoch"]
+            pending_eval = resume.get("pending_eval")  # an evaluation a stop signal cut short
             self.micro_split = resume.get("micro_split", 1)
             set_rng_state(resume["rng"])
             _log_stage_config_changes(resume.get("stage_config"), cfg, stage)
         else:
             seed_everything(cfg.seed + self.global_step)
 
+        prev_handlers = self._install_signal_handlers()  # before the "stage" line: a signal after it is handled
         # config.yaml stays the run's base configuration (what --resume rebuilds the stages from); this
         # stage's overrides are saved in last.pt as "stage_config"
         log.info("stage %s: %d epochs x %d updates (accum %d, micro-batch %d, world %d), warmup %d, device %s",
@@ -247,12 +306,21 @@ class Trainer:
         self._resume = None
         profiler = (StepProfiler(self.run_dir / "profile", active=cfg.profile_steps)
                     if cfg.profile and is_main_process() else None)
-        prev_handler = self._install_sigterm()
         ctx: dict[str, Any] = dict(optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
         bar = tqdm(total=total_steps, initial=stage_step, desc=stage, disable=None if is_main_process() else True,
                    dynamic_ncols=True, leave=False)
         train_loss_sum, train_loss_n = (resume or {}).get("train_loss", (0.0, 0))
         try:
+            if pending_eval and val_loader is not None:  # redo the evaluation a stop signal cut short
+                self.epoch = start_epoch
+                self._evaluate_or_interrupt(val_loader, ctx, stage_step, start_epoch, skip_batches, pending_eval)
+                if pending_eval == "epoch" and (self.should_stop or start_epoch == epochs):
+                    self.completed_stages.append(stage)
+                elif self.should_stop:  # early stopping at a step-based evaluation
+                    self.completed_stages.append(stage)
+                self._save_last(ctx, stage_step, start_epoch, skip_batches)
+                if stage in self.completed_stages:
+                    return self._finish(cfg, completed=True)
             if cfg.max_steps is not None and stage_step >= cfg.max_steps:
                 log.info("--max-steps %d already reached; nothing to do", cfg.max_steps)
                 return self._finish(cfg, completed=False)
@@ -295,9 +363,10 @@ class Trainer:
                         self._log_train(train_loss_sum, train_loss_n, scheduler)
                         train_loss_sum, train_loss_n = 0.0, 0
                         ctx["train_loss"] = (0.0, 0)
-                        self._evaluate_and_callbacks(val_loader)
+                        self._evaluate_or_interrupt(val_loader, ctx, stage_step, epoch, batch_in_epoch, "step")
                         self.model.train()
-                    stop_now = ((cfg.max_steps is not None and stage_step >= cfg.max_steps) or self._stop_signal
+                    stop_signal = self._agreed_stop if self.distributed else self._stop_signal
+                    stop_now = ((cfg.max_steps is not None and stage_step >= cfg.max_steps) or stop_signal
                                 or self.should_stop)
                     if stop_now or (cfg.checkpoint_every_steps and stage_step % cfg.checkpoint_every_steps == 0):
                         self._save_last(ctx, stage_step, epoch, batch_in_epoch)
@@ -306,10 +375,12 @@ class Trainer:
                             self.completed_stages.append(stage)
                             self._save_last(ctx, stage_step, epoch, batch_in_epoch)
                             return self._finish(cfg, completed=True)
-                        reason = "SIGTERM" if self._stop_signal else f"--max-steps {cfg.max_steps}"
-                        log.info("stopping at optimizer step %d (%s); resume with --resume %s",
-                                 self.global_step, reason, self.run_dir)
-                        return self._finish(cfg, completed=False)
+                        summary = self._finish(cfg, completed=False)
+                        if stop_signal:
+                            raise self._interrupted(stop_signal)
+                        log.info("stopping at optimizer step %d (--max-steps %d); resume with --resume %s",
+                                 self.global_step, cfg.max_steps, self.run_dir)
+                        return summary
                 self.epoch = epoch + 1
                 if train_loss_n:
                     self._log_train(train_loss_sum, train_loss_n, scheduler)
@@ -318,12 +389,16 @@ class Trainer:
                 evaluated_now = bool(self.history) and self.history[-1]["split"] != "train" \
                     and self.history[-1]["step"] == self.global_step
                 if val_loader is not None and (epoch + 1) % cfg.eval_every_epochs == 0 and not evaluated_now:
-                    self._evaluate_and_callbacks(val_loader)
+                    self._evaluate_or_interrupt(val_loader, ctx, stage_step, epoch + 1, 0, "epoch")
                 if self.should_stop or epoch + 1 == epochs:
                     self.completed_stages.append(stage)
                 self._save_last(ctx, stage_step, epoch + 1, 0)
                 if self.should_stop:
                     break
+                stop_signal = self._agree_stop()  # a signal after the epoch's last update
+                if stop_signal:
+                    self._finish(cfg, completed=stage in self.completed_stages)
+                    raise self._interrupted(stop_signal)
             if stage not in self.completed_stages:
                 self.completed_stages.append(stage)
             return self._finish(cfg, completed=True)
@@ -331,7 +406,7 @@ class Trainer:
             bar.close()
             if profiler is not None:
                 profiler.close()
-            self._restore_sigterm(prev_handler)
+            self._restore_signal_handlers(prev_handlers)
 
     # ------------------------------------------------------------------------------------------
     def _windows(self, batches: Iterator[Any], accum: int, remaining: int) -> Iterator[tuple[list[Any], float]]:
@@ -392,9 +467,14 @@ class Trainer:
                 log.warning("out of memory at optimizer step %d: micro-batch halved to ~%d, accumulation x%d "
                             "(effective batch unchanged); retrying the step", self.global_step + 1,
                             math.ceil(largest / self.micro_split), self.micro_split * cfg.accum_steps)
-        loss_value = float(loss_sum)
-        if self.distributed:
-            loss_value = float(all_reduce_sum(loss_sum.detach().reshape(1))) / self.world_size
+        if self.distributed:  # one all-reduce: the window's loss and whether any rank got a stop signal
+            flags = loss_sum.new_tensor([float(self._stop_signal > 0), float(self._stop_signal)])
+            reduced = all_reduce_sum(torch.cat([loss_sum.detach().float().reshape(1), flags]))
+            loss_value = float(reduced[0]) / self.world_size
+            n = int(reduced[1])
+            self._agreed_stop = int(reduced[2]) // n if n else 0
+        else:
+            loss_value = float(loss_sum)
         if not math.isfinite(loss_value):
             self._skip_bad_update(optimizer, "training loss", loss_value, cfg)
             return float("nan")
@@ -444,8 +524,13 @@ class Trainer:
         model = self.ema.module if self.ema is not None else self.model
         return evaluate_model(model, loader, self.eval_step, self.metrics, self.strategy, desc=split)
 
-    def _evaluate_and_callbacks(self, loader: DataLoader, split: str = "val") -> dict[str, float]:
-        result = self.evaluate(loader, split)
+    def _evaluate_and_callbacks(self, loader: DataLoader, split: str = "val") -> dict[str, float] | None:
+        """Evaluate, log a row, run the callbacks; None (nothing logged) if a stop signal cut it short."""
+        model = self.ema.module if self.ema is not None else self.model
+        result = evaluate_model(model, loader, self.eval_step, self.metrics, self.strategy, desc=split,
+                                should_stop=self._agree_stop)
+        if result is None:
+            return None
         row = {"epoch": self.epoch, "step": self.global_step, "stage": self.stage, "split": split, **result,
                "time": round(time.perf_counter() - self._t0, 3)}
         self.history.append(row)
@@ -495,7 +580,8 @@ class Trainer:
             link_alias(path, path.with_name(self.checkpoint_aliases[name]))
         return path
 
-    def _save_last(self, ctx: dict[str, Any], stage_step: int, epoch: int, batch_in_epoch: int) -> None:
+    def _save_last(self, ctx: dict[str, Any], stage_step: int, epoch: int, batch_in_epoch: int, *,
+                   rng: dict[str, Any] | None = None, pending_eval: str | None = None) -> None:
         if not is_main_process():
             return
         state = {
@@ -511,7 +597,8 @@ class Trainer:
             "stage_step": stage_step,
             "global_step": self.global_step,
             "micro_split": self.micro_split,
-            "rng": get_rng_state(),
+            "rng": rng if rng is not None else get_rng_state(),
+            "pending_eval": pending_eval,  # "step"/"epoch": the evaluation here was cut short by a signal
             "sampler": {"epoch": epoch, "start_batch": batch_in_epoch},
             "callbacks": self._callback_states(),
             "bad_steps": self.bad_steps,
@@ -589,30 +676,73 @@ class Trainer:
         """Flush and close TensorBoard (the process group stays up: see ``destroy_distributed``)."""
         self.logger.close()
 
-    def _install_sigterm(self):
-        if threading.current_thread() is not threading.main_thread() or sys.platform == "win32":
-            return None
+    # ---- stop signals -------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        """Handle SIGINT, SIGTERM and SIGUSR1 during :meth:`fit`: the first one finishes the current
+        update, saves ``last.pt`` and raises :class:`TrainingInterrupted`; a second one raises
+        :class:`TrainingAborted` at once. Only the main thread can install handlers."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        prev = {}
+        for name in _STOP_SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                prev[sig] = signal.signal(sig, self._on_stop_signal)
+        return prev
 
-        def handler(signum, frame):  # finish the current optimizer step, save last.pt, stop
-            self._stop_signal = True
-
-        return signal.signal(signal.SIGTERM, handler)
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal:
+            raise TrainingAborted(signum)
+        self._stop_signal = signum
+        log.warning("%s received: finishing the current update, then saving last.pt and stopping "
+                    "(send it again to stop at once)", _signal_name(signum))
 
     @staticmethod
-    def _restore_sigterm(prev) -> None:
-        if prev is not None:
-            signal.signal(signal.SIGTERM, prev)
+    def _restore_signal_handlers(prev: Mapping[int, Any]) -> None:
+        for sig, handler in prev.items():
+            signal.signal(sig, handler)
+
+    def _agree_stop(self) -> int:
+        """The stop signal to honour now: this process's, or under DDP any rank's (an all-reduce, so
+        every rank must call it at the same point)."""
+        if not self.distributed:
+            return self._stop_signal
+        t = torch.tensor([float(self._stop_signal > 0), float(self._stop_signal)], device=self.strategy.device)
+        t = all_reduce_sum(t)
+        n = int(t[0])
+        self._agreed_stop = int(t[1]) // n if n else 0
+        return self._agreed_stop
+
+    def _interrupted(self, signum: int) -> TrainingInterrupted:
+        self._stop_signal = self._agreed_stop = 0  # honoured: a later fit() (library use) starts afresh
+        return TrainingInterrupted(signum, self.logger.ckpt_dir / "last.pt", self.global_step, self.run_dir)
+
+    def _evaluate_or_interrupt(self, loader: DataLoader, ctx: dict[str, Any], stage_step: int, epoch: int,
+                               batch_in_epoch: int, kind: str) -> None:
+        """Evaluate (+ callbacks); a stop signal during it abandons it, saves ``last.pt`` marked
+        ``pending_eval`` with the RNG state from before it (so the resumed run repeats it exactly)
+        and raises :class:`TrainingInterrupted`."""
+        rng = get_rng_state()
+        if self._evaluate_and_callbacks(loader) is None:
+            self._save_last(ctx, stage_step, epoch, batch_in_epoch, rng=rng, pending_eval=kind)
+            self._finish(ctx["cfg"], completed=False)
+            raise self._interrupted(self._agreed_stop or self._stop_signal)
 
 
 @torch.inference_mode()
 def evaluate_model(model: torch.nn.Module, loader: DataLoader, step: StepFn, metrics: Sequence[Metric] = (),
-                   strategy: DeviceStrategy | None = None, *, desc: str = "eval") -> dict[str, float]:
+                   strategy: DeviceStrategy | None = None, *, desc: str = "eval",
+                   should_stop: Callable[[], int | bool] | None = None) -> dict[str, float] | None:
     """Mean loss (weighted by batch size) and every metric over ``loader``, as ``{name: float}``.
 
     Runs ``step(model, batch)`` under ``torch.inference_mode`` and the strategy's autocast, with
     the model in eval mode (restored afterwards). Metric states live on the strategy's metric
     device and are summed across ranks before ``compute`` under DDP. Used by
     :meth:`Trainer.evaluate` and by the domains' ``<domain>-eval`` commands.
+
+    ``should_stop`` (the trainer's stop-signal check) is called before every batch; when it is true
+    the evaluation is abandoned and None returned. Under DDP it must agree across ranks (it is an
+    all-reduce), so it is only called for the batches every rank has (the minimum over ranks).
     """
     strategy = strategy or build_strategy("cpu")
     was_training = model.training
@@ -623,7 +753,15 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, step: StepFn, met
         m.to(mdev)
     loss_sum = torch.zeros((), dtype=torch.float64, device=strategy.device)
     count = torch.zeros((), dtype=torch.float64, device=strategy.device)
-    for batch in tqdm(loader, desc=desc, disable=None if is_main_process() else True, leave=False):
+    checked = len(loader) if should_stop is not None else 0
+    if checked and is_distributed():  # evaluation shards are not padded: ranks may have a batch less
+        n = torch.tensor([checked], device=strategy.device)
+        torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
+        checked = int(n)
+    for i, batch in enumerate(tqdm(loader, desc=desc, disable=None if is_main_process() else True, leave=False)):
+        if i < checked and should_stop():
+            model.train(was_training)
+            return None
         batch = strategy.to_device(batch)
         with strategy.autocast():
             out = _as_outputs(step(model, batch))
