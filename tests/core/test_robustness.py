@@ -173,3 +173,91 @@ def test_two_stage_run_stopped_in_stage1_resumes_bitwise(toy, tmp_path, params_o
     for x, y in zip(full.ema.module.state_dict().values(), resumed.ema.module.state_dict().values(), strict=True):
         assert torch.equal(x, y)
     assert [r["loss"] for r in full.history] == [r["loss"] for r in resumed.history]
+
+
+class FakeOOM(RuntimeError):
+    """Stands in for torch.OutOfMemoryError through the strategy's is_oom."""
+
+
+def test_oom_retry_equals_a_run_started_with_the_smaller_micro_batch(toy, tmp_path, monkeypatch):
+    """Issue 11 defect 4: the failed attempt's forward updated BatchNorm statistics and consumed dropout RNG."""
+    def step(model, batch):
+        out = classification_step(model, batch)  # the forward runs first, as a real OOM in backward would
+        if model.training and batch["image"].shape[0] > 2:
+            raise FakeOOM("CUDA out of memory (simulated)")
+        return out
+
+    oom, train, _ = toy(epochs=1, step=step, out=str(tmp_path / "oom"))
+    monkeypatch.setattr(oom.strategy, "is_oom", lambda exc: isinstance(exc, FakeOOM))
+    oom.fit(train)
+    assert oom.micro_split == 2 and oom.oom_backoffs == 1
+    clean, train2, _ = toy(epochs=1, out=str(tmp_path / "clean"))
+    clean.micro_split = 2
+    clean.fit(train2)
+    a, b = oom.raw_model.state_dict(), clean.raw_model.state_dict()
+    for k in a:  # parameters and buffers (BN running stats, num_batches_tracked)
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_cuda_auto_precision_ignores_emulated_bf16(monkeypatch):
+    """Issue 11 defect 6: is_bf16_supported() defaults to including_emulation=True (yes on T4/V100)."""
+    from mlcore.devices import CUDAStrategy
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert CUDAStrategy("auto").precision == "fp16"  # emulated only: fp16 + GradScaler
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert CUDAStrategy("auto").precision == "bf16"
+
+
+def test_resume_with_another_batch_size_stops_naming_both_values(toy):
+    """Issue 11 defect 8: the position in the epoch is in per-rank batches; another batch size resumed silently."""
+    from mlcore.config import ConfigError
+
+    trainer, train, val = toy(epochs=2, max_steps=3)
+    trainer.fit(train, val)
+    last = load_checkpoint(trainer.run_dir / "checkpoints" / "last.pt")
+    assert (last["world_size"], last["batch_size"], last["accum_steps"]) == (1, 4, 1)
+    cfg = dataclasses.replace(trainer.config, resume=str(trainer.run_dir), max_steps=None, batch_size=8)
+    resumed = Trainer(TinyCNN(), cfg, classification_step, metrics=[Accuracy()], run_dir=trainer.run_dir)
+    with pytest.raises(ConfigError, match=r"checkpointed with --batch-size 4; this run has --batch-size 8"):
+        resumed.fit(train, val)
+
+
+def test_checkpoints_get_the_umask_mode_and_say_which_weights(toy, tmp_path):
+    """Issue 11 item 9: mkstemp made every checkpoint 0600; last.pt/best_*.pt did not say raw or EMA."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        trainer, train, val = toy(epochs=1, ema_decay=0.9)
+        trainer.fit(train, val)
+    finally:
+        os.umask(old)
+    ckpt = trainer.run_dir / "checkpoints"
+    for name in ("last.pt", "best_val_loss.pt"):
+        assert (ckpt / name).stat().st_mode & 0o777 == 0o644, name
+    assert (trainer.run_dir / "summary.json").stat().st_mode & 0o777 == 0o644
+    assert load_checkpoint(ckpt / "last.pt")["weights"] == "raw"
+    best = load_checkpoint(ckpt / "best_val_loss.pt")
+    assert best["weights"] == "ema"
+
+
+def test_ema_is_kept_across_stages(toy):
+    """Issue 11 item 9: the EMA was rebuilt (restarted from the current weights) at every stage."""
+    trainer, train, val = toy(epochs=1, ema_decay=0.9)
+    trainer.fit(train, val, stage="a")
+    ema = trainer.ema
+    trainer.fit(train, val, stage="b")
+    assert trainer.ema is ema and int(ema.n_averaged) == trainer.global_step == 20
+
+
+def test_ema_warmup_follows_timm_model_ema_v3(toy):
+    trainer, train, _ = toy(epochs=1, ema_decay=0.99, ema_warmup=True, max_steps=1)
+    trainer.fit(train)  # sets the stage's EMA config
+    trainer._ema_steps = 0
+    assert trainer.ema_decay_now() == 0.0  # the first update copies the weights
+    trainer._ema_steps = 1
+    assert trainer.ema_decay_now() == pytest.approx(1 - 2 ** (-2 / 3))  # timm: 1 - (1 + step) ** -power
+    trainer._ema_steps = 10**6
+    assert trainer.ema_decay_now() == 0.99

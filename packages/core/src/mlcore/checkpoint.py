@@ -44,13 +44,17 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
 
 def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
     """Create ``path`` atomically: ``write(f)`` fills a temp file in the same folder, which is
-    flushed, fsynced and moved over ``path`` with ``os.replace``; on any error the temp file is removed
-    and ``path`` is untouched."""
+    flushed, fsynced and moved over ``path`` with ``os.replace``, then the folder is fsynced (so the
+    rename itself survives a power loss); on any error the temp file is removed and ``path`` is
+    untouched. The file gets the mode a plain ``open`` would give (0666 minus the umask), not
+    ``mkstemp``'s 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
+            if hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), 0o666 & ~_umask())
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -58,7 +62,28 @@ def atomic_write(path: str | Path, write: Callable[[IO[Any]], None], *, binary: 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    """fsync a folder so a rename in it is durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

@@ -67,6 +67,8 @@ class TrainConfig:
     max_bad_steps: int = opt(0, "skip up to N optimizer updates whose loss or gradients are NaN/inf, one log line "
                              "each (0: stop at the first; weights are never updated with them)")
     ema_decay: float | None = opt(None, "keep an EMA of the weights with this decay and evaluate it")
+    ema_warmup: bool = opt(False, "EMA warmup as timm's ModelEmaV3: decay min(ema_decay, 1 - (1 + n)^(-2/3)) "
+                                  "after n updates")
     eval_every_epochs: int = opt(1, "evaluate every N epochs")
     eval_every_steps: int | None = opt(None, "also evaluate every N optimizer updates")
     monitor: str = opt("val_loss", "metric for early stopping and the best checkpoint (<split>_<name>)")

@@ -201,7 +201,7 @@ class CUDAStrategy(DeviceStrategy):
     supported = ("fp32", "bf16", "fp16")
 
     def __init__(self, precision: str = "auto", *, channels_last: bool = False, empty_cache_every: int = 0) -> None:
-        self.auto_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16"
+        self.auto_precision = "bf16" if torch.cuda.is_available() and _cuda_bf16_native() else "fp16"
         super().__init__(precision, channels_last=channels_last, empty_cache_every=empty_cache_every)
         self.device = torch.device("cuda", local_rank())
 
@@ -266,6 +266,13 @@ class MPSStrategy(DeviceStrategy):
 
     def synchronize(self) -> None:
         torch.mps.synchronize()
+
+
+def _cuda_bf16_native() -> bool:
+    """bf16 in hardware (compute capability >= 8.0, Ampere on). ``torch.cuda.is_bf16_supported()``
+    defaults to ``including_emulation=True``, which says yes on T4/V100, where bf16 is emulated and
+    slow; those cards get fp16 + GradScaler."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def _mps_bf16_ok() -> bool:

@@ -39,7 +39,7 @@ from mlcore.checkpoint import (
     resolve_resume_path,
     unwrap_model,
 )
-from mlcore.config import TrainConfig
+from mlcore.config import ConfigError, TrainConfig
 from mlcore.data import find_resumable_sampler
 from mlcore.devices import DeviceStrategy, batch_size_of, build_strategy, map_tensors, split_batch
 from mlcore.distributed import (
@@ -169,6 +169,8 @@ class Trainer:
         self._wrapped_for: tuple[bool, ...] = ()
         self.model: torch.nn.Module = self._wrap_model()
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
+        self._ema_steps = 0  # EMA updates so far (= ema.n_averaged, kept on the host: no device sync)
+        self._ema_cfg = (0.0, False)
 
         self.callbacks: list[Callback] = list(callbacks)
         if config.early_stopping_patience:
@@ -278,10 +280,10 @@ class Trainer:
                                     warmup_start_factor=cfg.warmup_start_factor, min_lr=cfg.min_lr,
                                     step_size=cfg.step_size, gamma=cfg.gamma)
         scaler = self.strategy.make_scaler()
-        if cfg.ema_decay:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                unwrap_model(self.raw_model),
-                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        if cfg.ema_decay and self.ema is None:  # one EMA for the whole run: kept across stages
+            self.ema = torch.optim.swa_utils.AveragedModel(unwrap_model(self.raw_model),
+                                                           multi_avg_fn=self._ema_update, use_buffers=True)
+        self._ema_cfg = (cfg.ema_decay or 0.0, cfg.ema_warmup)
         stage_step, start_epoch, skip_batches, pending_eval = 0, 0, 0, None
         if resume is not None:
             optimizer.load_state_dict(resume["optimizer"])
@@ -289,6 +291,8 @@ class Trainer:
             scaler.load_state_dict(resume["scaler"])
             if self.ema is not None and resume.get("ema") is not None:
                 self.ema.load_state_dict(resume["ema"])
+                self._ema_steps = int(self.ema.n_averaged)
+            self._check_resume_shape(resume, cfg, stage)
             stage_step, start_epoch, skip_batches = resume["stage_step"], resume["epoch"], resume["batch_in_epoch"]
             pending_eval = resume.get("pending_eval")  # an evaluation a stop signal cut short
             self.micro_split = resume.get("micro_split", 1)
@@ -341,6 +345,7 @@ class Trainer:
                     scheduler.step()
                     if self.ema is not None:
                         self.ema.update_parameters(unwrap_model(self.raw_model))
+                        self._ema_steps += 1
                     stage_step += 1
                     self.global_step += 1
                     batch_in_epoch += len(window)
@@ -430,43 +435,91 @@ class Trainer:
             yield window, time.perf_counter() - t0
 
     def _optimizer_step(self, window: list[Any], optimizer, scaler, cfg: TrainConfig) -> float:
-        """Forward/backward every micro-batch of the window, then one optimizer update.
+        """One optimizer update from a window of loaded batches: :meth:`_accumulate` the gradients,
+        then :meth:`_apply_update`. Returns the window's mean loss (NaN for a skipped bad update)."""
+        loss_sum = self._accumulate(window, optimizer, scaler, cfg)
+        return self._apply_update(loss_sum, optimizer, scaler, cfg)
+
+    def _accumulate(self, window: list[Any], optimizer, scaler, cfg: TrainConfig) -> torch.Tensor:
+        """Forward/backward every micro-batch of the window; returns the summed weighted loss (0-dim).
 
         Each micro-batch loss (a mean over its n_i samples) is weighted by n_i / N with N the
         window's sample count, so the accumulated gradient equals that of one batch of N samples.
-        On an out-of-memory error the window is retried with each batch split in two (half the
-        micro-batch, twice the accumulation: same effective batch).
+        Micro-batches are moved to the device one at a time.
+
+        On an out-of-memory error (``strategy.is_oom``) the failed attempt is dropped (its graph freed,
+        gradients cleared, module buffers such as BatchNorm statistics and every RNG restored to the
+        window's start) and the window is retried with each batch split in two (half the micro-batch,
+        twice the accumulation: same effective batch), so the retried update equals a run started
+        with the smaller micro-batch. Under DDP the ranks all-reduce the OOM flag and back off together.
+
+        Raises:
+            torch.OutOfMemoryError: out of memory with single-sample micro-batches.
         """
-        window = [self.strategy.to_device(b) for b in window]
         total = sum(batch_size_of(b) for b in window)
+        largest = max(batch_size_of(b) for b in window)
+        snapshot = self._snapshot() if largest > self.micro_split else None  # a back-off is still possible
         while True:
-            try:
-                optimizer.zero_grad(set_to_none=True)
-                loss_sum = torch.zeros((), device=self.strategy.device)
-                micro = [m for b in window for m in split_batch(b, self.micro_split)]
-                for i, mb in enumerate(micro):
-                    sync = i == len(micro) - 1
-                    no_sync = self.model.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
-                    with no_sync:
-                        with self.strategy.autocast():
-                            loss = _as_outputs(self.training_step(self.model, mb))["loss"]
-                        weighted = loss.float() * (batch_size_of(mb) / total)
-                        scaler.scale(weighted).backward()
-                    loss_sum += weighted.detach()
-                break
-            except Exception as exc:
-                if not self.strategy.is_oom(exc):
-                    raise
-                largest = max(batch_size_of(b) for b in window)
-                if self.micro_split >= largest:
-                    raise
-                optimizer.zero_grad(set_to_none=True)
-                self.strategy.free_memory()
-                self.micro_split *= 2
-                self.oom_backoffs += 1
-                log.warning("out of memory at optimizer step %d: micro-batch halved to ~%d, accumulation x%d "
-                            "(effective batch unchanged); retrying the step", self.global_step + 1,
-                            math.ceil(largest / self.micro_split), self.micro_split * cfg.accum_steps)
+            loss_sum = self._run_window(window, optimizer, scaler, total)
+            oom = loss_sum is None
+            if self.distributed:  # every rank backs off together (or none does)
+                oom = bool(all_reduce_sum(torch.tensor([float(oom)], device=self.strategy.device)) > 0)
+            if not oom:
+                return loss_sum  # type: ignore[return-value]
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum = None
+            self.strategy.free_memory()
+            if snapshot is None or self.micro_split >= largest:
+                raise torch.OutOfMemoryError(
+                    f"out of memory at optimizer step {self.global_step + 1} with micro-batches of "
+                    f"{math.ceil(largest / self.micro_split)} sample(s): nothing left to halve; lower "
+                    "--batch-size or --image-size")
+            self._restore(snapshot)
+            self.micro_split *= 2
+            self.oom_backoffs += 1
+            log.warning("out of memory at optimizer step %d: micro-batch halved to ~%d, accumulation x%d "
+                        "(effective batch unchanged); retrying the step", self.global_step + 1,
+                        math.ceil(largest / self.micro_split), self.micro_split * cfg.accum_steps)
+
+    def _run_window(self, window: list[Any], optimizer, scaler, total: int) -> torch.Tensor | None:
+        """One attempt at the window's forward/backward passes; None on out-of-memory (this frame, and
+        with it every tensor of the failed attempt, is released on return)."""
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.strategy.device)
+        micro = [m for b in window for m in split_batch(b, self.micro_split)]
+        try:
+            for i, mb in enumerate(micro):
+                mb = self.strategy.to_device(mb)
+                sync = i == len(micro) - 1
+                no_sync = self.model.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
+                with no_sync:
+                    with self.strategy.autocast():
+                        loss = _as_outputs(self.training_step(self.model, mb))["loss"]
+                    weighted = loss.float() * (batch_size_of(mb) / total)
+                    scaler.scale(weighted).backward()
+                loss_sum += weighted.detach()
+        except Exception as exc:
+            if not self.strategy.is_oom(exc):
+                raise
+            return None
+        return loss_sum
+
+    def _snapshot(self) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Module buffers (BatchNorm statistics, counters) and every RNG state at a window's start."""
+        return [b.detach().clone() for b in self.raw_model.buffers()], get_rng_state()
+
+    def _restore(self, snapshot: tuple[list[torch.Tensor], dict[str, Any]]) -> None:
+        buffers, rng = snapshot
+        with torch.no_grad():
+            for b, saved in zip(self.raw_model.buffers(), buffers, strict=True):
+                b.copy_(saved)
+        set_rng_state(rng)
+
+    def _apply_update(self, loss_sum: torch.Tensor, optimizer, scaler, cfg: TrainConfig) -> float:
+        """Reduce the loss across ranks, check loss and gradients are finite, clip, step the optimizer.
+
+        Returns the window's mean loss, NaN when the update was skipped (``--max-bad-steps``).
+        """
         if self.distributed:  # one all-reduce: the window's loss and whether any rank got a stop signal
             flags = loss_sum.new_tensor([float(self._stop_signal > 0), float(self._stop_signal)])
             reduced = all_reduce_sum(torch.cat([loss_sum.detach().float().reshape(1), flags]))
@@ -550,6 +603,44 @@ class Trainer:
         self.logger.log_metrics(row)
 
     # ------------------------------------------------------------------------------------------
+    def ema_decay_now(self) -> float:
+        """The EMA decay of the next update: ``--ema-decay``, or with ``--ema-warmup`` timm's
+        ``ModelEmaV3`` warmup ``min(decay, 1 - (1 + n) ** (-2/3))`` after n updates (0 at the first:
+        the EMA starts as a copy of the weights)."""
+        decay, warmup = self._ema_cfg
+        n = self._ema_steps
+        if not warmup:
+            return decay
+        return 0.0 if n <= 0 else min(decay, 1.0 - (1.0 + n) ** (-2.0 / 3.0))
+
+    @torch.no_grad()
+    def _ema_update(self, ema_params: list[torch.Tensor], params: list[torch.Tensor], _n: torch.Tensor) -> None:
+        """``AveragedModel``'s multi_avg_fn: ``ema = decay * ema + (1 - decay) * param`` (foreach lerp)."""
+        decay = self.ema_decay_now()
+        if torch.is_floating_point(ema_params[0]) or torch.is_complex(ema_params[0]):
+            torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        else:
+            for e, p in zip(ema_params, params, strict=True):
+                e.copy_(e * decay + p * (1.0 - decay))
+
+    def _check_resume_shape(self, resume: Mapping[str, Any], cfg: TrainConfig, stage: str) -> None:
+        """Stop with one line when world size, batch size or accumulation differ from the checkpoint's:
+        the position in the epoch (per-rank batches) and the schedule length (updates) depend on them.
+
+        Raises:
+            ConfigError: the values differ (the message names both).
+        """
+        saved = {"world size": resume.get("world_size"), "--batch-size": resume.get("batch_size"),
+                 "--accum-steps": resume.get("accum_steps")}
+        now = {"world size": self.world_size, "--batch-size": cfg.batch_size, "--accum-steps": cfg.accum_steps}
+        diff = [k for k in saved if saved[k] is not None and saved[k] != now[k]]
+        if diff:
+            raise ConfigError(
+                f"--resume {self.config.resume}: stage {stage} was checkpointed with "
+                + ", ".join(f"{k} {saved[k]}" for k in diff) + "; this run has "
+                + ", ".join(f"{k} {now[k]}" for k in diff)
+                + ": resume with the same values (the position in the epoch and the schedule depend on them)")
+
     def _eval_weights(self) -> dict[str, torch.Tensor]:
         if self.ema is not None:
             return self.ema.module.state_dict()
@@ -559,7 +650,8 @@ class Trainer:
         """Write ``checkpoints/<name>`` with the evaluated weights (EMA if on) and the config only."""
         if not is_main_process():
             return None
-        obj = {"model": self._eval_weights(), "config": self.config.to_dict(), "domain": config_domain(self.config),
+        obj = {"model": self._eval_weights(), "weights": "ema" if self.ema is not None else "raw",
+               "config": self.config.to_dict(), "domain": config_domain(self.config),
                "epoch": self.epoch,
                "step": self.global_step, "stage": self.stage, **(extra or {})}
         return self._write_checkpoint(obj, name)
@@ -589,7 +681,11 @@ class Trainer:
             "optimizer": ctx["optimizer"].state_dict(),
             "scheduler": ctx["scheduler"].state_dict(),
             "scaler": ctx["scaler"].state_dict(),
+            "weights": "raw",  # "model" holds the raw weights; "ema" the EMA (AveragedModel state) if on
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "world_size": self.world_size,
+            "batch_size": ctx["cfg"].batch_size,
+            "accum_steps": ctx["cfg"].accum_steps,
             "stage": self.stage,
             "completed_stages": list(self.completed_stages),
             "epoch": epoch,
