@@ -1,9 +1,13 @@
-"""FSDP2 helpers, meta-device init, activation checkpointing and sharded DCP checkpoints (one process)."""
+"""FSDP2 (--strategy fsdp), meta-device init, activation checkpointing and sharded DCP checkpoints."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +15,8 @@ from torch import nn
 
 from mlcore.blocks import apply_grad_checkpointing, find_blocks, mark_blocks
 from mlcore.checkpoint import CheckpointError, resolve_resume_path
-from mlcore.config import ConfigError
+from mlcore.cli import parse_config
+from mlcore.config import ConfigError, TrainConfig
 from mlcore.dcp import (
     load_resume_optimizer,
     load_resume_state,
@@ -20,6 +25,15 @@ from mlcore.dcp import (
 )
 from mlcore.devices import build_strategy
 from mlcore.fsdp import materialize_meta, meta_skeleton, mixed_precision_policy, prepare_model
+
+SCRIPT = Path(__file__).with_name("fsdp_script.py")
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("fsdp_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 class Block(nn.Module):
@@ -117,6 +131,18 @@ def test_mixed_precision_policy_follows_the_device_strategy():
     assert (fp32.param_dtype, fp32.reduce_dtype) == (None, None)
 
 
+# ---- flags ---------------------------------------------------------------------------------------
+def test_strategy_and_grad_checkpointing_flags(monkeypatch):
+    cfg = parse_config(TrainConfig, ["--strategy", "fsdp", "--grad-checkpointing"], prog="t")
+    assert (cfg.strategy, cfg.grad_checkpointing) == ("fsdp", True)
+    assert parse_config(TrainConfig, [], prog="t").strategy == "ddp"
+    with pytest.raises(SystemExit):
+        parse_config(TrainConfig, ["--strategy", "zero3"], prog="t")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="--ema-decay is not supported with --strategy fsdp"):
+        parse_config(TrainConfig, ["--strategy", "fsdp", "--ema-decay", "0.99"], prog="t")
+
+
 # ---- sharded checkpoints in one process ----------------------------------------------------------
 def _trained():
     torch.manual_seed(0)
@@ -173,3 +199,94 @@ def test_resume_prefers_the_newer_of_last_pt_and_last_dcp(tmp_path):
     assert resolve_resume_path(tmp_path) == ck / "last.pt"
     with pytest.raises(CheckpointError, match="no checkpoint found"):
         resolve_resume_path(tmp_path / "nothing")
+
+
+# ---- torchrun: FSDP on two processes (gloo), resumed on other world sizes and strategies ----------
+def _env():
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _torchrun(*args):
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                    str(SCRIPT), *map(str, args)], check=True, env=_env(), timeout=400)
+
+
+def _assert_same(a, b, atol):
+    assert sorted(a["model"]) == sorted(b["model"])
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=atol, msg=k)
+    assert sorted(a["optimizer"]["state"]) == sorted(b["optimizer"]["state"])
+    for k, st in a["optimizer"]["state"].items():
+        for name, v in st.items():
+            torch.testing.assert_close(v, b["optimizer"]["state"][k][name], rtol=0, atol=atol, msg=f"{k}.{name}")
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_sharded_checkpoint_resumes_on_other_world_sizes(tmp_path):
+    script = _script()
+    load = lambda p: torch.load(p, weights_only=True)  # noqa: E731
+    # one process: micro-batch 8 (global batch 8 x accum 2), built on the meta device
+    script.main([tmp_path / "a.pt", tmp_path / "runA", "fsdp", 8, 3, "--meta"])
+    # two FSDP ranks with 4 each, meta init, activation checkpointing; evaluation at step 3 has
+    # 4 batches on rank 0 and 3 on rank 1 (25 samples): the short rank replays one
+    _torchrun(tmp_path / "b.pt", tmp_path / "runB", "fsdp", 4, 3, "--meta", "--gc")
+    a, b = load(tmp_path / "a.pt"), load(tmp_path / "b.pt")
+    assert (a["world"], b["world"], b["sharded"], b["steps"]) == (1, 2, True, 3)
+    _assert_same(a, b, atol=1e-6)  # same init whatever the world size, same updates
+    assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-6)
+    ck = tmp_path / "runB" / "checkpoints"
+    assert not (ck / "last.pt").exists()
+    assert {p.name for p in (ck / "last.dcp").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp",
+                                                            "trainer_state.pt"}
+
+    # 2 -> 1: the sharded checkpoint in one process (no process group) holds exactly B's state
+    script.main([tmp_path / "c.pt", tmp_path / "runB", "fsdp", 8, 3, "--resume"])
+    c = load(tmp_path / "c.pt")
+    assert (c["world"], c["steps"]) == (1, 3)
+    _assert_same(b, c, atol=0)
+    # 1 -> 2: one process's last.pt into two FSDP ranks
+    _torchrun(tmp_path / "d.pt", tmp_path / "runA", "fsdp", 4, 3, "--resume")
+    d = load(tmp_path / "d.pt")
+    assert (d["world"], d["sharded"], d["steps"]) == (2, True, 3)
+    _assert_same(a, d, atol=0)
+    # FSDP's sharded checkpoint into two DDP ranks
+    _torchrun(tmp_path / "e.pt", tmp_path / "runB", "ddp", 4, 3, "--resume")
+    e = load(tmp_path / "e.pt")
+    assert (e["world"], e["sharded"], e["steps"]) == (2, False, 3)
+    _assert_same(b, e, atol=0)
+    # and the one-process run continues: one more update, written as last.pt (last.dcp is now stale)
+    script.main([tmp_path / "f.pt", tmp_path / "runB", "fsdp", 8, 4, "--resume"])
+    assert load(tmp_path / "f.pt")["steps"] == 4
+    assert (ck / "last.pt").is_file() and not (ck / "last.dcp").exists()
+
+
+@pytest.mark.slow
+def test_two_nodes_write_the_run_directory_from_global_rank_0_only(tmp_path):
+    """README's multi-node command, two "nodes" of one process each on this machine: the second
+    node's process has LOCAL_RANK 0 but global rank 1, and must not write the run directory."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "mlcore-test",
+           str(SCRIPT), str(tmp_path / "dump.pt"), str(run), "fsdp", "4", "3"]
+    nodes = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    try:
+        logs = [n.communicate(timeout=400)[0] for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill()
+    assert [n.returncode for n in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert len(list((run / "tensorboard").glob("events*"))) == 1
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2  # the train row and the evaluation at step 3, written once
+    shards = {p.name for p in (run / "checkpoints" / "last.dcp").iterdir()}
+    assert {"__0_0.distcp", "__1_0.distcp", "trainer_state.pt"} <= shards  # every rank its shard
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "summary.json",
+                                                     "tensorboard", "train.log"]

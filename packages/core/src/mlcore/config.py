@@ -55,6 +55,11 @@ class TrainConfig:
     precision: str = opt("auto", "autocast precision (auto: bf16/fp16 on GPUs, fp32 on CPU)", choices=PRECISIONS)
     channels_last: bool = opt(False, "channels-last memory format for 4-D weights and batches")
     compile: bool = opt(False, "torch.compile the model")
+    strategy: str = opt("ddp", "how torchrun's processes share the model: ddp (a full replica each) or fsdp "
+                        "(FSDP2: parameters, gradients and optimizer state sharded; sharded checkpoints)",
+                        choices=("ddp", "fsdp"))
+    grad_checkpointing: bool = opt(False, "activation checkpointing: recompute each block the model marks "
+                                   "(model.block_classes) in backward instead of storing its activations")
     num_workers: int = opt(2, "data-loader worker processes")
     seed: int = opt(0, "seed for python, numpy, torch and loader workers")
     deterministic: bool = opt(False, "use deterministic algorithms only")
@@ -108,6 +113,9 @@ class TrainConfig:
             raise ConfigError(f"--clip-grad-norm must be > 0 or none (got {self.clip_grad_norm})")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"--ema-decay must be in (0, 1) (got {self.ema_decay})")
+        if self.strategy == "fsdp" and self.ema_decay is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("--ema-decay is not supported with --strategy fsdp yet (the EMA copy would be "
+                              "unsharded); use --strategy ddp or drop --ema-decay")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

@@ -250,25 +250,28 @@ def optimizer_state_by_name(model: nn.Module, optimizer: torch.optim.Optimizer,
     return {"state": state, "param_groups": groups}
 
 
-def load_resume_state(path: str | Path, model: nn.Module) -> dict[str, Any]:
+def load_resume_state(path: str | Path, model: nn.Module, *, expect_domain: str | None = None) -> dict[str, Any]:
     """Read a checkpoint for ``--resume`` and load its weights into ``model`` (after wrapping).
 
     ``path`` is a ``last.pt`` file or a ``last.dcp`` folder. Returns the checkpoint's trainer state
     (``last.pt``'s dict; for a folder its ``trainer_state.pt`` plus ``"sharded_checkpoint"``, the
     folder). Pass it to :func:`load_resume_optimizer` once the optimizer exists.
 
+    ``expect_domain`` refuses a checkpoint of another domain package (see
+    :func:`mlcore.checkpoint.load_checkpoint`).
+
     Raises:
-        CheckpointError: unreadable checkpoint or weights that do not fit the model.
+        CheckpointError: unreadable checkpoint, another domain's, or weights that do not fit the model.
     """
     path = Path(path)
     if path.is_dir():
         if not is_sharded_checkpoint(path):
-            raise CheckpointError(f"{path}: not a sharded checkpoint (no .metadata and {STATE_FILE})")
-        state = load_checkpoint(path / STATE_FILE)
+            raise CheckpointError(f"--resume {path}: not a sharded checkpoint (no .metadata and {STATE_FILE})")
+        state = load_checkpoint(path / STATE_FILE, flag="--resume", expect_domain=expect_domain)
         load_sharded_model(path, model)
         state["sharded_checkpoint"] = str(path)
         return state
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, flag="--resume", expect_domain=expect_domain)
     if is_fsdp(model):
         set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True))
     else:

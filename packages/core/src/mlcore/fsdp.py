@@ -252,6 +252,27 @@ def broadcast_buffers(model: nn.Module) -> None:
         dist.broadcast(b, src=0)
 
 
+def full_value(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` as a plain tensor: a DTensor (e.g. the gradient norm FSDP's clipping returns) is
+    gathered with ``full_tensor()``; anything else is returned as is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+@torch.no_grad()
+def all_finite(model: nn.Module) -> bool:
+    """True if no floating-point parameter or buffer of ``model`` holds NaN/inf, on any rank.
+
+    Checks each rank's local shards (no gathering); the verdict is all-reduced, so every rank gets
+    the same answer (a collective inside a process group)."""
+    local = [t.to_local() if isinstance(t, DTensor) else t for t in chain(model.parameters(), model.buffers())]
+    bad = any(t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()) for t in local)
+    if not is_distributed():
+        return not bad
+    flag = torch.tensor([float(bad)], device=next(iter(local)).device if local else "cpu")
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return not bool(flag.item())
+
+
 def lockstep(batches: Iterable[Any], enabled: bool, device: torch.device | str = "cpu") -> Iterator[tuple[Any, bool]]:
     """``(batch, real)`` pairs; with ``enabled`` every rank yields the same number of pairs.
 
@@ -282,6 +303,6 @@ def lockstep(batches: Iterable[Any], enabled: bool, device: torch.device | str =
         yield last, False
 
 
-__all__ = ["STRATEGIES", "broadcast_buffers", "prepare_model", "gather_full_state_dict", "has_meta_tensors", "is_fsdp",
+__all__ = ["STRATEGIES", "all_finite", "full_value", "broadcast_buffers", "prepare_model", "gather_full_state_dict", "has_meta_tensors", "is_fsdp",
            "lockstep", "make_grad_scaler", "materialize_meta", "meta_skeleton", "mixed_precision_policy",
            "no_sync", "shard_model", "unsharded_copy"]

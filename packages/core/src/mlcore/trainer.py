@@ -13,7 +13,6 @@ calls with different ``stage`` names on one trainer and run directory.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import signal
@@ -34,13 +33,13 @@ from mlcore.checkpoint import (
     atomic_save,
     config_domain,
     link_alias,
-    load_checkpoint,
     model_state_dict,
     resolve_resume_path,
     unwrap_model,
 )
 from mlcore.config import ConfigError, TrainConfig
 from mlcore.data import find_resumable_sampler
+from mlcore.dcp import SHARDED_DIR, load_resume_optimizer, load_resume_state, remove_stale, save_sharded
 from mlcore.devices import DeviceStrategy, batch_size_of, build_strategy, map_tensors, split_batch
 from mlcore.distributed import (
     all_reduce_sum,
@@ -48,6 +47,18 @@ from mlcore.distributed import (
     init_distributed,
     is_distributed,
     is_main_process,
+)
+from mlcore.fsdp import (
+    all_finite,
+    broadcast_buffers,
+    full_value,
+    gather_full_state_dict,
+    is_fsdp,
+    lockstep,
+    make_grad_scaler,
+    no_sync,
+    prepare_model,
+    unsharded_copy,
 )
 from mlcore.metrics import Metric
 from mlcore.optim import build_optimizer
@@ -165,7 +176,12 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, enabled=is_main_process())
         self.logger.write_config(config.to_dict())
 
-        self.raw_model = self.strategy.prepare_model(model)
+        # activation checkpointing, meta-device init, FSDP2 sharding (mlcore.fsdp); DDP in _wrap_model
+        self.raw_model, self._skeleton = prepare_model(model, self.strategy, strategy_name=config.strategy,
+                                                       grad_checkpointing=config.grad_checkpointing)
+        self.sharded = is_fsdp(self.raw_model)
+        if self.sharded and config.ema_decay:
+            raise ConfigError("--ema-decay is not supported with --strategy fsdp yet; use --strategy ddp")
         self._wrapped_for: tuple[bool, ...] = ()
         self.model: torch.nn.Module = self._wrap_model()
         self.ema: torch.optim.swa_utils.AveragedModel | None = None
@@ -195,9 +211,9 @@ class Trainer:
         self._stats = {"samples": 0, "train_time": 0.0, "data_time": 0.0}
         self._t0 = time.perf_counter()
         if config.resume:
-            self._resume = load_checkpoint(resolve_resume_path(config.resume), flag="--resume",
-                                           expect_domain=config_domain(config))
-            unwrap_model(self.raw_model).load_state_dict(self._resume["model"])
+            # last.pt or a sharded last.dcp, written by any world size (mlcore.dcp)
+            self._resume = load_resume_state(resolve_resume_path(config.resume), self.raw_model,
+                                             expect_domain=config_domain(config))
             self.global_step = self._resume["global_step"]
             self.completed_stages = list(self._resume["completed_stages"])
             self.history = list(self._resume["history"])
@@ -219,11 +235,11 @@ class Trainer:
         Called once by the constructor and again by :meth:`fit` at the start of a stage whose set of
         trainable parameters differs from the one of the last wrap (DDP only reduces the parameters
         that required grad when it was built). This is the one place a model is wrapped: another
-        parallel strategy (FSDP) plugs in here.
+        parallel strategy (FSDP) plugs in here: ``--strategy fsdp`` sharded ``raw_model`` in place.
         """
         self._wrapped_for = self._trainable_signature()
         model = self.raw_model
-        if self.distributed:
+        if self.distributed and not self.sharded:  # FSDP2 shards in place (prepare_model): no wrapper
             ids = [self.strategy.device.index] if self.strategy.kind == "cuda" else None
             model = DistributedDataParallel(model, device_ids=ids)
         if self.config.compile:
@@ -279,14 +295,14 @@ class Trainer:
         scheduler = build_scheduler(optimizer, name=cfg.scheduler, total_steps=total_steps, warmup_steps=warmup,
                                     warmup_start_factor=cfg.warmup_start_factor, min_lr=cfg.min_lr,
                                     step_size=cfg.step_size, gamma=cfg.gamma)
-        scaler = self.strategy.make_scaler()
+        scaler = make_grad_scaler(self.strategy, self.raw_model)
         if cfg.ema_decay and self.ema is None:  # one EMA for the whole run: kept across stages
             self.ema = torch.optim.swa_utils.AveragedModel(unwrap_model(self.raw_model),
                                                            multi_avg_fn=self._ema_update, use_buffers=True)
         self._ema_cfg = (cfg.ema_decay or 0.0, cfg.ema_warmup)
         stage_step, start_epoch, skip_batches, pending_eval = 0, 0, 0, None
         if resume is not None:
-            optimizer.load_state_dict(resume["optimizer"])
+            load_resume_optimizer(resume, self.raw_model, optimizer)
             scheduler.load_state_dict(resume["scheduler"])
             scaler.load_state_dict(resume["scaler"])
             if self.ema is not None and resume.get("ema") is not None:
@@ -491,8 +507,7 @@ class Trainer:
             for i, mb in enumerate(micro):
                 mb = self.strategy.to_device(mb)
                 sync = i == len(micro) - 1
-                no_sync = self.model.no_sync() if (self.distributed and not sync) else contextlib.nullcontext()
-                with no_sync:
+                with no_sync(self.model, skip=self.distributed and not sync):
                     with self.strategy.autocast():
                         loss = _as_outputs(self.training_step(self.model, mb))["loss"]
                     weighted = loss.float() * (batch_size_of(mb) / total)
@@ -541,6 +556,7 @@ class Trainer:
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm)
         elif not scaler.is_enabled() and params:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=True)
+        norm = full_value(norm)  # FSDP: a DTensor over the ranks' shards
         if norm is not None and not scaler.is_enabled() and not bool(torch.isfinite(norm)):
             self._skip_bad_update(optimizer, "gradient norm", float(norm), cfg)
             return loss_value
@@ -575,6 +591,8 @@ class Trainer:
         Uses the EMA weights when EMA is on. See :func:`evaluate_model`.
         """
         model = self.ema.module if self.ema is not None else self.model
+        if self.sharded:
+            broadcast_buffers(self.raw_model)  # FSDP keeps per-rank buffers: evaluate rank 0's, as DDP does
         return evaluate_model(model, loader, self.eval_step, self.metrics, self.strategy, desc=split)
 
     def _evaluate_and_callbacks(self, loader: DataLoader, split: str = "val") -> dict[str, float] | None:
@@ -644,13 +662,31 @@ class Trainer:
     def _eval_weights(self) -> dict[str, torch.Tensor]:
         if self.ema is not None:
             return self.ema.module.state_dict()
+        if self.sharded:  # a collective: every rank gathers, rank 0 gets the full weights
+            broadcast_buffers(self.raw_model)
+            return gather_full_state_dict(self.raw_model)
         return model_state_dict(self.raw_model)
 
+    def eval_module(self) -> torch.nn.Module | None:
+        """The evaluated model (EMA if on) as a plain module, for examples and exports after training.
+
+        Under FSDP a collective (every rank must call it) returning an unsharded CPU copy on rank 0
+        and None elsewhere; otherwise the module itself on every rank.
+        """
+        if self.ema is not None:
+            return self.ema.module
+        if self.sharded:
+            broadcast_buffers(self.raw_model)
+            return unsharded_copy(self.raw_model, self._skeleton)
+        return unwrap_model(self.raw_model)
+
     def save_weights(self, name: str, extra: Mapping[str, Any] | None = None) -> Path | None:
-        """Write ``checkpoints/<name>`` with the evaluated weights (EMA if on) and the config only."""
+        """Write ``checkpoints/<name>`` with the evaluated weights (EMA if on) and the config only.
+        Called on every rank (under FSDP the weights are gathered collectively); rank 0 writes."""
+        weights = self._eval_weights() if self.sharded else None
         if not is_main_process():
             return None
-        obj = {"model": self._eval_weights(), "weights": "ema" if self.ema is not None else "raw",
+        obj = {"model": weights if weights is not None else self._eval_weights(), "weights": "ema" if self.ema is not None else "raw",
                "config": self.config.to_dict(), "domain": config_domain(self.config),
                "epoch": self.epoch,
                "step": self.global_step, "stage": self.stage, **(extra or {})}
@@ -674,11 +710,9 @@ class Trainer:
 
     def _save_last(self, ctx: dict[str, Any], stage_step: int, epoch: int, batch_in_epoch: int, *,
                    rng: dict[str, Any] | None = None, pending_eval: str | None = None) -> None:
-        if not is_main_process():
+        if not is_main_process() and not self.sharded:
             return
         state = {
-            "model": model_state_dict(self.raw_model),
-            "optimizer": ctx["optimizer"].state_dict(),
             "scheduler": ctx["scheduler"].state_dict(),
             "scaler": ctx["scaler"].state_dict(),
             "weights": "raw",  # "model" holds the raw weights; "ema" the EMA (AveragedModel state) if on
@@ -705,7 +739,18 @@ class Trainer:
             "stage_config": ctx["cfg"].to_dict(),  # this stage's overrides applied
             "domain": config_domain(self.config),
         }
+        if self.sharded:  # every rank writes its shards: checkpoints/last.dcp (mlcore.dcp)
+            broadcast_buffers(self.raw_model)
+            if not all_finite(self.raw_model):  # never a poisoned checkpoint (all ranks raise together)
+                raise NonFiniteLossError(f"not writing {self.logger.ckpt_dir / SHARDED_DIR}: the weights hold "
+                                         f"NaN/inf at optimizer step {self.global_step}")
+            path = save_sharded(self.logger.ckpt_dir / SHARDED_DIR, self.raw_model, ctx["optimizer"], state)
+            remove_stale(self.logger.ckpt_dir, SHARDED_DIR)
+            self._last_saved = (path, self.global_step)
+            return
+        state.update(model=model_state_dict(self.raw_model), optimizer=ctx["optimizer"].state_dict())
         self._last_saved = (self._write_checkpoint(state, "last.pt"), self.global_step)
+        remove_stale(self.logger.ckpt_dir, "last.pt")
 
     # ------------------------------------------------------------------------------------------
     def _callback_keys(self) -> list[str]:
@@ -854,13 +899,17 @@ def evaluate_model(model: torch.nn.Module, loader: DataLoader, step: StepFn, met
         n = torch.tensor([checked], device=strategy.device)
         torch.distributed.all_reduce(n, op=torch.distributed.ReduceOp.MIN)
         checked = int(n)
-    for i, batch in enumerate(tqdm(loader, desc=desc, disable=None if is_main_process() else True, leave=False)):
+    batches = tqdm(loader, desc=desc, disable=None if is_main_process() else True, leave=False)
+    # FSDP: every rank runs the same number of forwards (a short rank replays its last batch, not counted)
+    for i, (batch, real) in enumerate(lockstep(batches, is_fsdp(model), strategy.device)):
         if i < checked and should_stop():
             model.train(was_training)
             return None
         batch = strategy.to_device(batch)
         with strategy.autocast():
             out = _as_outputs(step(model, batch))
+        if not real:
+            continue
         n = batch_size_of(batch)
         loss_sum += out["loss"].double() * n
         count += n

@@ -84,17 +84,18 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     summary["verdict"] = verdict(best["value"]) if best else None
     summary["data"] = {"root": cfg.data, "train": len(train_samples), "val": len(val_samples),
                        "test": len(test_samples)}
-    if test_samples and trainer.logger.enabled:
+    if test_samples:  # every rank under torchrun: evaluate_model sums the ranks' shards of the test split
         summary["test"] = evaluate_test(cfg, trainer, step, test_samples)
         log.info("test (%d photos, %s, reported only): %s", len(test_samples), summary["test"]["checkpoint"],
                  {k: round(v, 4) for k, v in summary["test"].items() if isinstance(v, float)})
     trainer.logger.write_summary(summary)
-    if cfg.examples and trainer.logger.enabled and len(val_ds):
+    if cfg.examples and len(val_ds):
         from hairseg.viz import save_examples
 
-        model_eval = trainer.ema.module if trainer.ema is not None else trainer.raw_model
-        save_examples(model_eval, val_ds, trainer.run_dir / "val_examples.png", n=cfg.examples,
-                      device=trainer.strategy.device)
+        model_eval = trainer.eval_module()  # every rank: under FSDP it gathers a full copy on rank 0
+        if trainer.logger.enabled:
+            save_examples(model_eval, val_ds, trainer.run_dir / "val_examples.png", n=cfg.examples,
+                          device=next(model_eval.parameters()).device)
     trainer.close()
     return summary
 
@@ -114,14 +115,19 @@ def split_record(cfg: HairSegConfig, train_s: list[HairSample], val_s: list[Hair
 def evaluate_test(cfg: HairSegConfig, trainer: Trainer, step, test_samples: list[HairSample]) -> dict[str, Any]:
     """The val-selected checkpoint (``best_val_iou.pt``, else ``last.pt``) on the test photos, at the training
     size: the reported figure (never used for selection)."""
-    from mlcore.checkpoint import load_checkpoint
+    from mlcore.checkpoint import load_checkpoint, resolve_resume_path
+    from mlcore.dcp import load_resume_state
+    from mlcore.distributed import barrier
     from mlcore.trainer import evaluate_model
 
+    barrier()  # under torchrun: rank 0 has finished writing the checkpoints
     ckpt_path = trainer.run_dir / "checkpoints" / f"best_{cfg.monitor}.pt"
-    if not ckpt_path.is_file():
-        ckpt_path = trainer.run_dir / "checkpoints" / "last.pt"
     model = build_model(cfg.encoder, decoder_channels=cfg.decoder_channels)
-    model.load_state_dict(load_checkpoint(ckpt_path, expect_domain="hairseg")["model"])
+    if ckpt_path.is_file():
+        model.load_state_dict(load_checkpoint(ckpt_path, expect_domain="hairseg")["model"])
+    else:  # last.pt, or an FSDP run's sharded last.dcp
+        ckpt_path = resolve_resume_path(trainer.run_dir)
+        load_resume_state(ckpt_path, model, expect_domain="hairseg")
     model = trainer.strategy.prepare_model(model)
     mean, std = normalization(cfg.encoder)
     ds = HairSegDataset(test_samples, cfg.image_size, train=False, cache_dir=cfg.cache_dir, mean=mean, std=std)
