@@ -261,3 +261,24 @@ def test_ema_warmup_follows_timm_model_ema_v3(toy):
     assert trainer.ema_decay_now() == pytest.approx(1 - 2 ** (-2 / 3))  # timm: 1 - (1 + step) ** -power
     trainer._ema_steps = 10**6
     assert trainer.ema_decay_now() == 0.99
+
+
+def test_resume_on_another_world_size_converts_the_epoch_position_or_stops(toy):
+    """Issue 11 item 8 + FSDP bar: a 2-process checkpoint resumes in 1 process at the same sample of the
+    epoch (strided sampler: k batches x B x W samples seen); an uneven split stops with one line."""
+    from mlcore.config import ConfigError
+
+    trainer, train, val = toy(epochs=1)
+    resume = {"world_size": 2, "batch_size": 4, "accum_steps": 1, "batch_in_epoch": 3}
+    trainer.world_size = 1
+    cfg = trainer.config
+    assert trainer._check_resume_shape(resume, cfg, "main") == 6  # 3 x 4 x 2 samples = 6 batches of 4
+    trainer.world_size = 4  # 24 samples over 4 ranks of 4: 1.5 batches each -> refused
+    with pytest.raises(ConfigError, match=r"world size 2; this run has world size 4"):
+        trainer._check_resume_shape(resume, cfg, "main")
+    trainer.world_size = 3  # 24 samples = 2 batches on each of 3 ranks
+    assert trainer._check_resume_shape(resume, cfg, "main") == 2
+    # 2 x 4 -> 1 x 8: the same effective batch, 24 samples = 3 batches of 8
+    cfg8 = dataclasses.replace(cfg, batch_size=8)
+    trainer.world_size = 1
+    assert trainer._check_resume_shape(resume, cfg8, "main") == 3

@@ -308,8 +308,8 @@ class Trainer:
             if self.ema is not None and resume.get("ema") is not None:
                 self.ema.load_state_dict(resume["ema"])
                 self._ema_steps = int(self.ema.n_averaged)
-            self._check_resume_shape(resume, cfg, stage)
-            stage_step, start_epoch, skip_batches = resume["stage_step"], resume["epoch"], resume["batch_in_epoch"]
+            skip_batches = self._check_resume_shape(resume, cfg, stage)
+            stage_step, start_epoch = resume["stage_step"], resume["epoch"]
             pending_eval = resume.get("pending_eval")  # an evaluation a stop signal cut short
             self.micro_split = resume.get("micro_split", 1)
             set_rng_state(resume["rng"])
@@ -641,23 +641,49 @@ class Trainer:
             for e, p in zip(ema_params, params, strict=True):
                 e.copy_(e * decay + p * (1.0 - decay))
 
-    def _check_resume_shape(self, resume: Mapping[str, Any], cfg: TrainConfig, stage: str) -> None:
-        """Stop with one line when world size, batch size or accumulation differ from the checkpoint's:
-        the position in the epoch (per-rank batches) and the schedule length (updates) depend on them.
+    def _check_resume_shape(self, resume: Mapping[str, Any], cfg: TrainConfig, stage: str) -> int:
+        """The per-rank batch to continue the epoch from; one line when the checkpoint's shape cannot continue.
+
+        A different world size (alone, or with batch size / accumulation changed so that the effective
+        batch ``B * accum * W`` stays the same) continues exactly when the samples already seen this
+        epoch split evenly over the new ranks: :class:`~mlcore.data.ResumableSampler` strides ``rank::world`` over one
+        seeded permutation, so after ``k`` per-rank batches of ``B`` on ``W`` ranks the epoch has
+        consumed exactly its first ``k*B*W`` positions, which ``W'`` ranks resume at ``k*B*W / (B*W')``.
+        The LR schedule continues from the saved update count over the new run's length.
+
+        Returns:
+            ``batch_in_epoch`` for this run's world size.
 
         Raises:
-            ConfigError: the values differ (the message names both).
+            ConfigError: batch size or accumulation change the effective batch, or the epoch position
+                does not split evenly over the new batches (the message names both values).
         """
         saved = {"world size": resume.get("world_size"), "--batch-size": resume.get("batch_size"),
                  "--accum-steps": resume.get("accum_steps")}
         now = {"world size": self.world_size, "--batch-size": cfg.batch_size, "--accum-steps": cfg.accum_steps}
         diff = [k for k in saved if saved[k] is not None and saved[k] != now[k]]
+        batch_in_epoch = int(resume["batch_in_epoch"])
+        if diff and saved["world size"] is not None and saved["--batch-size"] is not None:
+            old_b, old_w = int(saved["--batch-size"]), int(saved["world size"])
+            old_accum = int(saved["--accum-steps"] or cfg.accum_steps)
+            seen = batch_in_epoch * old_b * old_w  # samples of the epoch consumed (strided sampler)
+            per_batch = cfg.batch_size * self.world_size
+            same_effective = old_b * old_accum * old_w == cfg.batch_size * cfg.accum_steps * self.world_size
+            if seen % per_batch == 0 and (same_effective or diff == ["world size"]):
+                log.info("resuming stage %s with %s from a checkpoint of %s: %d samples of the epoch already "
+                         "seen -> batch %d of each rank; effective batch %d -> %d", stage,
+                         ", ".join(f"{k} {now[k]}" for k in diff), ", ".join(f"{k} {saved[k]}" for k in diff),
+                         seen, seen // per_batch, old_b * old_accum * old_w,
+                         cfg.batch_size * cfg.accum_steps * self.world_size)
+                return seen // per_batch
         if diff:
             raise ConfigError(
                 f"--resume {self.config.resume}: stage {stage} was checkpointed with "
                 + ", ".join(f"{k} {saved[k]}" for k in diff) + "; this run has "
                 + ", ".join(f"{k} {now[k]}" for k in diff)
-                + ": resume with the same values (the position in the epoch and the schedule depend on them)")
+                + ": resume with the same values (the position in the epoch and the schedule depend on them; "
+                  "a world size change continues only where the epoch's samples seen split evenly over the ranks)")
+        return batch_in_epoch
 
     def _eval_weights(self) -> dict[str, torch.Tensor]:
         if self.ema is not None:
