@@ -282,3 +282,16 @@ def test_resume_on_another_world_size_converts_the_epoch_position_or_stops(toy):
     cfg8 = dataclasses.replace(cfg, batch_size=8)
     trainer.world_size = 1
     assert trainer._check_resume_shape(resume, cfg8, "main") == 3
+
+
+def test_train_split_smaller_than_one_batch_is_one_config_error(toy):
+    """A small folder with drop_last gave 0 batches per epoch and a scheduler ValueError traceback
+    (foodrec-train on a 9-photo folder at --batch-size 16); now one line naming the flag."""
+    from mlcore.config import ConfigError
+    from mlcore.data import make_loader
+    from mlcore.testing import NoisyBlobs
+
+    trainer, _, val = toy(epochs=1)
+    tiny = make_loader(NoisyBlobs(3), batch_size=4, shuffle=True, seed=0, drop_last=True)
+    with pytest.raises(ConfigError, match=r"--batch-size 4: the train split has 3 sample\(s\)"):
+        trainer.fit(tiny, val)

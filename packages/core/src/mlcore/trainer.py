@@ -287,6 +287,11 @@ class Trainer:
             raise RuntimeError(f"the train loader is sharded for {sampler.num_replicas} process(es) but the run "
                                f"has {self.world_size}: build it with mlcore.make_loader under the same torchrun")
         batches_per_epoch = self._batches_per_epoch(train_loader)
+        if batches_per_epoch < 1:  # e.g. a small folder with drop_last: a ValueError deep in the scheduler before
+            n = len(train_loader.dataset) if hasattr(train_loader.dataset, "__len__") else "too few"
+            raise ConfigError(f"--batch-size {train_loader.batch_size}: the train split has {n} sample(s) per "
+                              f"process, not one full batch (the last partial batch is dropped); lower "
+                              f"--batch-size or add data")
         updates_per_epoch = math.ceil(batches_per_epoch / accum)
         total_steps = total_optimizer_steps(batches_per_epoch, accum, epochs)
         warmup = cfg.warmup_steps or round(cfg.warmup_epochs * updates_per_epoch)
