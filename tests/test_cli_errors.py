@@ -98,7 +98,32 @@ def bad(tmp_path_factory) -> Path:
     Image.new("RGB", (32, 32), (90, 120, 30)).save(d / "photo.jpg")
     (d / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     _videogen_files(d)
+    _hairseg_files(d)
     return d
+
+
+def _hairseg_files(d: Path) -> None:
+    """hairseg's rows: Figaro-1k layouts of 6 sample pairs with one bad pair each: a mask of another size
+    (``hair_mismatch``) and a ``.jpg`` that is not an image (``hair_notimage``). Needs the sample data."""
+    import shutil
+
+    data = Path(os.environ.get("MLDATA_ROOT") or REPO.parent / "shared" / "data") / "figaro1k" / "Figaro1k"
+    photos = sorted((data / "Original" / "Training").glob("*-org.jpg"))[:6]
+    if len(photos) < 6:
+        return  # the rows call require_data(), which skips or fails (MLDATA_REQUIRED=1)
+    from PIL import Image
+
+    for name in ("hair_mismatch", "hair_notimage"):
+        (d / name / "Figaro1k" / "Original" / "Training").mkdir(parents=True)
+        (d / name / "Figaro1k" / "GT" / "Training").mkdir(parents=True)
+        for photo in photos:
+            mask = data / "GT" / "Training" / photo.name.replace("-org.jpg", "-gt.pbm")
+            shutil.copy(photo, d / name / "Figaro1k" / "Original" / "Training" / photo.name)
+            shutil.copy(mask, d / name / "Figaro1k" / "GT" / "Training" / mask.name)
+    first = photos[0].name
+    mask = d / "hair_mismatch" / "Figaro1k" / "GT" / "Training" / first.replace("-org.jpg", "-gt.pbm")
+    Image.open(mask).resize((30, 20)).save(mask)
+    (d / "hair_notimage" / "Figaro1k" / "Original" / "Training" / first).write_text("not a photo\n")
 
 
 def _videogen_files(d: Path) -> None:
@@ -189,6 +214,11 @@ def _rows() -> list:
 # Domain helpers add their own cases here (truncated mp4 at either index position, mismatched mask,
 # truncated JPEG, non-image .jpg, CSV missing a column, empty data folders of each layout...).
 DOMAIN_ROWS: list[tuple[str, list[str], int, list[str]]] = [
+    # hairseg: a mask whose size differs from its photo, a .jpg that is not an image (sample data)
+    ("hairseg-train", ["--data", "{bad}/hair_mismatch", "--out", "{out}", "--max-steps", "1", "--num-workers", "0"],
+     1, ["-gt.pbm is 30x20 but image", "-org.jpg is "]),
+    ("hairseg-train", ["--data", "{bad}/hair_notimage", "--out", "{out}", "--max-steps", "1", "--num-workers", "0"],
+     1, ["cannot read image", "-org.jpg"]),
     ("foodrec-train", ["--data", "{bad}/empty_dir", "--out", "{out}", "--max-steps", "1"], 1, ["empty_dir"]),
     # videogen: truncated mp4s (index at the front / at the end) and a zero-byte file are unreadable, never scored
     ("videogen-reconstruct", ["{bad}/cut_front.mp4", "--checkpoint", "{bad}/vae_tiny.pt", "--out", "{out}/r.mp4"], 1,
@@ -234,7 +264,7 @@ def test_bad_input_is_one_line(command, argv, code, needles, bad, tmp_path, monk
     out = work / "out"
     monkeypatch.chdir(work)
     argv = _fill(argv, bad, out)
-    if "{data}" in " ".join(argv) or any("/shared/data/" in a for a in argv):
+    if "{data}" in " ".join(argv) or any("/shared/data/" in a or "/hair_" in a for a in argv):
         from tests.conftest import require_data
         require_data()
     module, func = COMMANDS[command].split(":")
