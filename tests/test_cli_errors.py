@@ -157,6 +157,9 @@ def _videogen_files(d: Path) -> None:
     (d / "cut_videos" / "clips" / "cut.mp4").write_bytes((d / "cut_front.mp4").read_bytes())
     (d / "cut_videos" / "clips" / "ok.mp4").write_bytes((d / "full_cut_front.mp4").read_bytes())
     (d / "cut_videos" / "captions.csv").write_text("path,caption\nclips/ok.mp4,noise\nclips/cut.mp4,noise\n")
+    (d / "nocaption_videos" / "clips").mkdir(parents=True)  # a captions.csv missing its caption column
+    (d / "nocaption_videos" / "clips" / "ok.mp4").write_bytes((d / "full_cut_front.mp4").read_bytes())
+    (d / "nocaption_videos" / "captions.csv").write_text("path,text\nclips/ok.mp4,noise\n")
     torch.save({"model": build_vae(model_size("tiny")).state_dict(), "domain": "videogen",
                 "config": {"stage": "vae", "model_size": "tiny", "num_frames": 8, "image_size": 32, "fps": 8.0,
                            "val_clips": "none", "cache_dir": str(d / "probe_cache")}}, d / "vae_tiny.pt")
@@ -220,6 +223,8 @@ DOMAIN_ROWS: list[tuple[str, list[str], int, list[str]]] = [
     ("hairseg-train", ["--data", "{bad}/hair_notimage", "--out", "{out}", "--max-steps", "1", "--num-workers", "0"],
      1, ["cannot read image", "-org.jpg"]),
     ("foodrec-train", ["--data", "{bad}/empty_dir", "--out", "{out}", "--max-steps", "1"], 1, ["empty_dir"]),
+    ("videogen-train", ["--data", "{bad}/nocaption_videos", "--out", "{out}", "--max-steps", "1"], 1,
+     ["captions.csv", "expected columns path,caption", "got path,text"]),
     # videogen: truncated mp4s (index at the front / at the end) and a zero-byte file are unreadable, never scored
     ("videogen-reconstruct", ["{bad}/cut_front.mp4", "--checkpoint", "{bad}/vae_tiny.pt", "--out", "{out}/r.mp4"], 1,
      ["cut_front.mp4", "truncated", "3.00 s"]),
