@@ -1,10 +1,10 @@
 """Trains a small residual MLP with mlcore under torchrun (--strategy fsdp or ddp, gloo) or as one process.
 
-Usage: python fsdp_script.py DUMP RUN_DIR STRATEGY BATCH MAX_STEPS [--resume] [--meta] [--gc]
+Usage: python fsdp_script.py DUMP RUN_DIR STRATEGY BATCH MAX_STEPS [--resume] [--meta] [--gc] [--keep]
 (or ``main([...])`` in-process for one process).
 
 The model marks its blocks (``block_classes``); ``--meta`` builds it on the meta device, ``--gc``
-turns on activation checkpointing. Every rank takes part in gathering the full weights and the
+turns on activation checkpointing, ``--keep`` ``--keep-last 1``. Every rank takes part in gathering the full weights and the
 optimizer state (keyed by parameter name); rank 0 writes them with the step count to DUMP.
 """
 
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
     cfg = TrainConfig(out=run_dir, epochs=2, batch_size=int(batch), accum_steps=2, lr=0.05, warmup_steps=2,
                       num_workers=0, device="cpu", clip_grad_norm=1.0, max_steps=int(max_steps), eval_every_steps=3,
                       strategy=strategy, grad_checkpointing="--gc" in flags,
-                      resume=run_dir if "--resume" in flags else None)
+                      resume=run_dir if "--resume" in flags else None, keep_last=1 if "--keep" in flags else 0)
     loader = make_loader(Pairs(x, y), batch_size=cfg.batch_size, shuffle=True, seed=0)
     val = make_loader(Pairs(x[:25], y[:25]), batch_size=cfg.batch_size, shuffle=False)  # FSDP ranks: 4 + 3 batches
     torch.manual_seed(1)

@@ -231,7 +231,7 @@ def test_fsdp_two_processes_sharded_checkpoint_resumes_on_other_world_sizes(tmp_
     script.main([tmp_path / "a.pt", tmp_path / "runA", "fsdp", 8, 3, "--meta"])
     # two FSDP ranks with 4 each, meta init, activation checkpointing; evaluation at step 3 has
     # 4 batches on rank 0 and 3 on rank 1 (25 samples): the short rank replays one
-    _torchrun(tmp_path / "b.pt", tmp_path / "runB", "fsdp", 4, 3, "--meta", "--gc")
+    _torchrun(tmp_path / "b.pt", tmp_path / "runB", "fsdp", 4, 3, "--meta", "--gc", "--keep")
     a, b = load(tmp_path / "a.pt"), load(tmp_path / "b.pt")
     assert (a["world"], b["world"], b["sharded"], b["steps"]) == (1, 2, True, 3)
     _assert_same(a, b, atol=1e-6)  # same init whatever the world size, same updates
@@ -240,6 +240,10 @@ def test_fsdp_two_processes_sharded_checkpoint_resumes_on_other_world_sizes(tmp_
     assert not (ck / "last.pt").exists()
     assert {p.name for p in (ck / "last.dcp").iterdir()} == {".metadata", "__0_0.distcp", "__1_0.distcp",
                                                             "trainer_state.pt"}
+    # --keep-last 1: the sharded folder kept as step_000003.dcp (hard links to the same shards)
+    assert sorted(p.name for p in ck.glob("step_*")) == ["step_000003.dcp"]
+    for f in (ck / "last.dcp").iterdir():
+        assert os.path.samefile(f, ck / "step_000003.dcp" / f.name)
 
     # 2 -> 1: the sharded checkpoint in one process (no process group) holds exactly B's state
     script.main([tmp_path / "c.pt", tmp_path / "runB", "fsdp", 8, 3, "--resume"])

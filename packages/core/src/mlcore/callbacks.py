@@ -1,4 +1,4 @@
-"""Callbacks: early stopping and best-by-metric checkpoints.
+"""Callbacks: early stopping and best-by-metric (top-k) checkpoints.
 
 Monitored names are ``<split>_<metric>``, e.g. ``val_iou`` or ``val_loss``, matching the keys of
 :meth:`mlcore.trainer.Trainer.evaluate` prefixed by the split.
@@ -96,17 +96,30 @@ class EarlyStopping(Callback):
 
 
 class BestCheckpoint(Callback):
-    """Write ``checkpoints/best_<metric>.pt`` (weights + config) whenever a monitored metric improves.
+    """Best-by-metric checkpoints (weights + config), as Lightning's ``ModelCheckpoint(save_top_k=k)``.
+
+    ``checkpoints/best_<metric>.pt`` always holds the best evaluation so far of each monitored metric.
+    With ``top_k`` > 1 the ``top_k`` best evaluations are also kept as ``best_<metric>-step_NNNNNN.pt``
+    (the global optimizer step of the evaluation); a new one that beats the worst kept replaces it (that
+    file is deleted), and ``best_<metric>.pt`` is a hard link to the best of them (no extra disk).
+    Non-finite values never count; ties keep the earlier evaluation. Files are written and deleted by
+    global rank 0 only (under FSDP every rank takes part in gathering the weights).
 
     Args:
         monitors: ``[(name, mode), ...]``, any number, e.g. ``[("val_iou", "max"), ("val_loss", "min")]``.
+        top_k: evaluations kept per metric (>= 1; ``--save-top-k``).
     """
 
-    def __init__(self, monitors: list[tuple[str, str]]) -> None:
+    def __init__(self, monitors: list[tuple[str, str]], top_k: int = 1) -> None:
         for _, mode in monitors:
             _check_mode(mode)
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1 (got {top_k})")
         self.monitors = list(monitors)
+        self.top_k = top_k
         self.best: dict[str, dict[str, float]] = {}
+        # top_k > 1: per metric the kept evaluations, best first: {"value", "epoch", "step", "file"}
+        self.kept: dict[str, list[dict[str, Any]]] = {}
 
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         for name, mode in self.monitors:
@@ -114,13 +127,33 @@ class BestCheckpoint(Callback):
                 continue
             value = metrics[name]
             prev = self.best.get(name, {}).get("value")
-            if _improved(value, prev, mode, 0.0):
-                self.best[name] = {"value": value, "epoch": trainer.epoch, "step": trainer.global_step}
-                trainer.save_weights(f"best_{name}.pt", extra={"metric": name, "value": value,
-                                                               "metrics": metrics})
+            improved = _improved(value, prev, mode, 0.0)
+            entry = {"value": value, "epoch": trainer.epoch, "step": trainer.global_step}
+            extra = {"metric": name, "value": value, "metrics": metrics}
+            if self.top_k == 1:
+                if improved:
+                    self.best[name] = entry
+                    trainer.save_weights(f"best_{name}.pt", extra=extra)
+                continue
+            file = f"best_{name}-step_{trainer.global_step:06d}.pt"
+            kept = [e for e in self.kept.get(name, []) if e["file"] != file]  # the same step evaluated again
+            if not math.isfinite(value) or (len(kept) >= self.top_k
+                                            and not _improved(value, kept[-1]["value"], mode, 0.0)):
+                self.kept[name] = kept
+                continue
+            trainer.save_weights(file, extra=extra)
+            kept.append({**entry, "file": file})
+            kept.sort(key=lambda e: e["value"], reverse=mode == "max")  # stable: ties keep the earlier first
+            for e in kept[self.top_k:]:
+                trainer.remove_checkpoint(e["file"])
+            self.kept[name] = kept[:self.top_k]
+            if improved:
+                self.best[name] = entry
+                trainer.link_checkpoint(file, f"best_{name}.pt")
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best}
+        return {"best": self.best, "kept": self.kept}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state["best"]
+        self.kept = dict(state.get("kept", {}))  # checkpoints from before --save-top-k: none kept yet

@@ -18,6 +18,7 @@ import io
 import os
 import pickletools
 import re
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -110,6 +111,76 @@ def link_alias(target: str | Path, alias: str | Path) -> Path:
             data = src.read()
         atomic_write(alias, lambda f: f.write(data))
     return alias
+
+
+STEP_CHECKPOINT = re.compile(r"^step_(\d+)\.(pt|dcp)$")
+"""Name of a retained step checkpoint (``--keep-last``): ``step_000120.pt``, or ``step_000120.dcp/`` for a
+sharded one."""
+
+
+def step_checkpoint_name(step: int, sharded: bool = False) -> str:
+    """``step_000120.pt`` (``.dcp`` for a sharded folder): the ``--keep-last`` copy of ``last`` at
+    optimizer step ``step`` (the run's global step, across stages)."""
+    return f"step_{step:06d}.{'dcp' if sharded else 'pt'}"
+
+
+def link_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Make ``dst`` a copy of the checkpoint ``src`` that costs no disk: a hard link for a file
+    (:func:`link_alias`), a folder of hard links for a sharded checkpoint folder (copies where links
+    are not supported). Atomic: the folder is built under a temporary name and renamed into place;
+    an existing ``dst`` is replaced. Later saves of ``src`` replace its files (``os.replace``) rather
+    than rewrite them, so ``dst`` keeps the contents it had when linked."""
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        return link_alias(src, dst)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    old = dst.with_name(f".{dst.name}.{os.getpid()}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    _fsync_dir(tmp)
+    if dst.exists():
+        dst.rename(old)
+    tmp.rename(dst)
+    _fsync_dir(dst.parent)
+    shutil.rmtree(old, ignore_errors=True)
+    return dst
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def step_checkpoints(ckpt_dir: str | Path) -> list[tuple[int, Path]]:
+    """``[(step, path), ...]`` of the ``step_NNNNNN.pt`` / ``.dcp`` checkpoints in ``ckpt_dir``, by step."""
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_CHECKPOINT.match(p.name))]
+    return sorted(found, key=lambda sp: (sp[0], sp[1].name))
+
+
+def prune_step_checkpoints(ckpt_dir: str | Path, keep: int, step: int) -> list[Path]:
+    """Delete all but the ``keep`` latest step checkpoints at or before optimizer step ``step``
+    (``--keep-last``); returns the deleted paths. Step checkpoints after ``step`` are left alone: they
+    belong to the run a ``--resume step_NNNNNN.pt`` rolled back from (this run overwrites them when
+    it reaches those steps)."""
+    older = [p for s, p in step_checkpoints(ckpt_dir) if s <= step]
+    gone = older[:max(0, len(older) - keep)]
+    for p in gone:
+        remove_checkpoint(p)
+    return gone
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint file or sharded folder (missing is fine)."""
+    p = Path(path)
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
 
 
 # Module prefixes whose pickled globals a plain tensor checkpoint may reference (what torch's

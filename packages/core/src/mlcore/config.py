@@ -63,7 +63,8 @@ class TrainConfig:
     num_workers: int = opt(2, "data-loader worker processes")
     seed: int = opt(0, "seed for python, numpy, torch and loader workers")
     deterministic: bool = opt(False, "use deterministic algorithms only")
-    resume: str | None = opt(None, "resume from a run directory or a last.pt checkpoint")
+    resume: str | None = opt(None, "resume from a run directory or a checkpoint (last.pt, last.dcp, or a "
+                             "--keep-last checkpoints/step_NNNNNN.pt to roll back to that step)")
     profile: bool = opt(False, "profile a few steps with torch.profiler (trace under <out>/profile)")
     profile_steps: int = opt(3, "optimizer steps --profile records (after 1 skipped and 1 warmup step)")
     pretrained: bool = opt(True, "start from pretrained weights where the model has them")
@@ -83,6 +84,10 @@ class TrainConfig:
     early_stopping_patience: int | None = opt(None, "stop after N evaluations without improvement (none: off)")
     early_stopping_min_delta: float = opt(0.0, "smallest change of the monitored metric that counts")
     checkpoint_every_steps: int | None = opt(None, "also write last.pt every N optimizer updates")
+    keep_last: int = opt(0, "also keep the N latest saves of last.pt as checkpoints/step_NNNNNN.pt (same "
+                         "content, hard links; step_NNNNNN.dcp/ for sharded runs); older ones are deleted (0: off)")
+    save_top_k: int = opt(1, "best checkpoints kept per monitored metric: best_<metric>.pt is the best; with K > 1 "
+                          "also best_<metric>-step_NNNNNN.pt for the K best evaluations (worse ones deleted)")
     log_every_steps: int = opt(10, "log train loss and LR every N optimizer updates")
     empty_cache_every: int = opt(0, "release the allocator cache every N updates (MPS default 50)")
 
@@ -91,7 +96,7 @@ class TrainConfig:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "accum_steps": self.accum_steps,
                     "image_size": self.image_size, "eval_every_epochs": self.eval_every_epochs,
                     "log_every_steps": self.log_every_steps,
-                    "profile_steps": self.profile_steps}
+                    "profile_steps": self.profile_steps, "save_top_k": self.save_top_k}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"--{flag(name)} must be >= 1 (got {value})")
@@ -99,7 +104,7 @@ class TrainConfig:
             raise ConfigError(f"--lr must be > 0 (got {self.lr})")
         nonneg = {"weight_decay": self.weight_decay, "warmup_steps": self.warmup_steps,
                   "warmup_epochs": self.warmup_epochs, "min_lr": self.min_lr, "num_workers": self.num_workers,
-                  "max_bad_steps": self.max_bad_steps}
+                  "max_bad_steps": self.max_bad_steps, "keep_last": self.keep_last}
         for name, value in nonneg.items():
             if value < 0:
                 raise ConfigError(f"--{flag(name)} must be >= 0 (got {value})")

@@ -33,8 +33,13 @@ from mlcore.checkpoint import (
     atomic_save,
     config_domain,
     link_alias,
+    link_checkpoint,
     model_state_dict,
+    prune_step_checkpoints,
+    remove_checkpoint,
     resolve_resume_path,
+    step_checkpoint_name,
+    step_checkpoints,
     unwrap_model,
 )
 from mlcore.config import ConfigError, TrainConfig
@@ -192,7 +197,7 @@ class Trainer:
         if config.early_stopping_patience:
             self.callbacks.append(EarlyStopping(config.monitor, config.monitor_mode,
                                                 config.early_stopping_patience, config.early_stopping_min_delta))
-        self.best_checkpoint = BestCheckpoint(config.best_monitor_list())
+        self.best_checkpoint = BestCheckpoint(config.best_monitor_list(), top_k=config.save_top_k)
         self.callbacks.append(self.best_checkpoint)
 
         self.epoch = 0
@@ -221,6 +226,10 @@ class Trainer:
             self.bad_steps = int(self._resume.get("bad_steps", 0))
             self._last_saved = (resolve_resume_path(config.resume), self.global_step)
             self.logger.rewrite_metrics(self.history)  # drop rows logged after the checkpoint
+            later = [p.name for s, p in step_checkpoints(self.logger.ckpt_dir) if s > self.global_step]
+            if later and is_main_process():  # --resume step_NNNNNN.pt: rolled back
+                log.info("rolled back to step %d: %s (saved after it) left in place; a save of the same step "
+                         "replaces one", self.global_step, ", ".join(later))
             log.info("resuming from %s (stage %s, epoch %d, step %d)", config.resume,
                      self._resume["stage"], self._resume["epoch"], self.global_step)
 
@@ -777,11 +786,38 @@ class Trainer:
                                          f"NaN/inf at optimizer step {self.global_step}")
             path = save_sharded(self.logger.ckpt_dir / SHARDED_DIR, self.raw_model, ctx["optimizer"], state)
             remove_stale(self.logger.ckpt_dir, SHARDED_DIR)
-            self._last_saved = (path, self.global_step)
+        else:
+            state.update(model=model_state_dict(self.raw_model), optimizer=ctx["optimizer"].state_dict())
+            path = self._write_checkpoint(state, "last.pt")
+            remove_stale(self.logger.ckpt_dir, "last.pt")
+        self._last_saved = (path, self.global_step)
+        self._keep_step_checkpoint(path)
+
+    def _keep_step_checkpoint(self, last: Path) -> None:
+        """``--keep-last N``: keep this save of ``last`` as ``checkpoints/step_NNNNNN.pt`` (``.dcp/``), a hard
+        link (no extra disk, same content), and delete the older ones beyond N (global rank 0 only)."""
+        keep = self.config.keep_last
+        if not keep or not is_main_process():
             return
-        state.update(model=model_state_dict(self.raw_model), optimizer=ctx["optimizer"].state_dict())
-        self._last_saved = (self._write_checkpoint(state, "last.pt"), self.global_step)
-        remove_stale(self.logger.ckpt_dir, "last.pt")
+        kept = link_checkpoint(last, last.with_name(step_checkpoint_name(self.global_step, last.is_dir())))
+        for gone in prune_step_checkpoints(last.parent, keep, self.global_step):
+            log.info("--keep-last %d: removed %s", keep, gone.name)
+        log.debug("kept %s", kept)
+
+    def link_checkpoint(self, src: str, name: str) -> Path | None:
+        """Make ``checkpoints/<name>`` the same file as ``checkpoints/<src>`` (a hard link, see
+        :func:`~mlcore.checkpoint.link_checkpoint`) and renew ``name``'s alias; global rank 0 only."""
+        if not is_main_process():
+            return None
+        path = link_checkpoint(self.logger.ckpt_dir / src, self.logger.ckpt_dir / name)
+        if name in self.checkpoint_aliases:
+            link_alias(path, path.with_name(self.checkpoint_aliases[name]))
+        return path
+
+    def remove_checkpoint(self, name: str) -> None:
+        """Delete ``checkpoints/<name>`` (a retention callback dropping a file); global rank 0 only."""
+        if is_main_process():
+            remove_checkpoint(self.logger.ckpt_dir / name)
 
     # ------------------------------------------------------------------------------------------
     def _callback_keys(self) -> list[str]:
