@@ -60,6 +60,8 @@ from hairseg.registry import (
     parse_version,
 )
 from mlcore.cli import ArgumentParser
+from mlcore.export import copy_onnx_metadata
+from mlcore.export import export_onnx as mlcore_export_onnx
 
 log = logging.getLogger("hairseg.export")
 
@@ -125,30 +127,14 @@ def export_onnx(model: torch.nn.Module, path: str | Path, metadata: dict[str, An
     """Export ``model`` to ONNX at ``path``: input ``image`` ``(N, 3, S, S)``, outputs ``logits`` and ``mask``
     (``sigmoid(logits)``, the hair probability; both ``(N, 1, S, S)``), dynamic ``N``.
 
-    Uses the TorchScript-based exporter (``dynamo=False``; ``models.py`` checks it for every encoder) and
-    writes ``metadata`` into ``metadata_props`` (values JSON-encoded).
+    Uses :func:`mlcore.export.export_onnx` (the TorchScript-based exporter, ``dynamo=False``; ``models.py``
+    checks it for every encoder), which writes ``metadata`` into ``metadata_props`` (values JSON-encoded).
 
     Raises:
         ValueError: ``opset`` < 13.
     """
-    import onnx
-
-    if opset < 13:
-        raise ValueError(f"opset: expected >= 13, got {opset}")
-    with quiet_torchscript_warnings(), torch.no_grad():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
-        torch.onnx.export(
-            LogitsAndMask(model).eval(), (example,), str(path), dynamo=False, opset_version=opset,
-            input_names=["image"], output_names=["logits", "mask"],
-            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "mask": {0: "batch"}},
-        )
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, json.dumps(value)
-    onnx.save(proto, str(path))
+    mlcore_export_onnx(LogitsAndMask(model), path, example, metadata=metadata, opset=opset,
+                       output_names=("logits", "mask"))
 
 
 def parity_inputs(image_size: int, sample_images: Sequence[str | Path] = (), data: str | Path | None = None,
@@ -249,12 +235,7 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.
                             nodes_to_exclude=sigmoid_nodes)
     finally:
         pre.unlink(missing_ok=True)
-    source, target = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
-    del target.metadata_props[:]
-    for prop in source.metadata_props:
-        entry = target.metadata_props.add()
-        entry.key, entry.value = prop.key, prop.value
-    onnx.save(target, str(int8_path))
+    copy_onnx_metadata(fp32_path, int8_path)
 
 
 def measure_split(predictors: dict[str, Any], data: str | Path, split: str, *, seed: int = 0,

@@ -29,10 +29,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import warnings
 import zipfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +40,8 @@ import torch
 
 from hairseg.data import IMAGENET_MEAN, IMAGENET_STD, letterbox_shape, preprocess_image
 from hairseg.recolor import postprocess_mask
+from mlcore.export import quiet_export_warnings as quiet_torchscript_warnings
+from mlcore.export import read_onnx_metadata
 
 METADATA_KEYS: tuple[str, ...] = ("image_size", "mean", "std", "encoder", "version")
 """Keys of the metadata stored in exported files (TorchScript ``hairseg.json``, ONNX ``metadata_props``)."""
@@ -83,18 +83,6 @@ class Predictor(Protocol):
     def predict_proba(self, image: np.ndarray) -> np.ndarray:
         """``(H, W, 3) uint8`` RGB -> ``(H, W) float32`` hair probability in [0, 1]."""
         ...
-
-
-@contextmanager
-def quiet_torchscript_warnings() -> Iterator[None]:
-    """Silence the ``FutureWarning`` that torch >= 2.10 raises on every ``torch.jit.*`` call.
-
-    TorchScript is deprecated upstream, but it is the plan's production format and still works.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit.*deprecated")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        yield
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -298,25 +286,6 @@ class TorchScriptPredictor(_ModelPredictor):
         with torch.inference_mode():
             out = self.module(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device))
         return out.float().cpu().numpy()
-
-
-def read_onnx_metadata(model: Any) -> dict[str, Any]:
-    """``metadata_props`` of an ``onnx.ModelProto`` or ``ort.InferenceSession`` as a dict.
-
-    Values written by ``hairseg-export`` are JSON (``"384"``, ``"[0.485, 0.456, 0.406]"``) and are decoded;
-    other strings are returned as they are.
-    """
-    if hasattr(model, "get_modelmeta"):
-        props = dict(model.get_modelmeta().custom_metadata_map)
-    else:
-        props = {p.key: p.value for p in model.metadata_props}
-    out: dict[str, Any] = {}
-    for key, value in props.items():
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def available_cpus() -> int:

@@ -14,13 +14,11 @@ import glob
 import json
 import logging
 import os
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -30,6 +28,8 @@ from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from mlcore.data import make_loader
 from mlcore.devices import DEVICE_FORMS, build_strategy, check_device
+from mlcore.export import export_onnx as export_model_onnx
+from mlcore.export import onnx_parity
 from mlcore.metrics import ClassificationMetrics
 from mlcore.reports import write_classification_report
 from mlcore.runlog import write_json_atomic
@@ -320,21 +320,18 @@ def export_onnx(loaded: LoadedClassifier, out_dir: str | Path, *, name: str, ops
                 checkpoint: str | Path | None = None) -> dict[str, Any]:
     """Export ``loaded.model`` to ``OUT/NAME.onnx`` and its preprocessing to ``OUT/NAME.json``.
 
-    The ONNX graph (``torch.onnx.export(dynamo=False)``) maps input ``image`` ``(N, 3, S, S)`` float32
+    The ONNX graph (:func:`mlcore.export.export_onnx`) maps input ``image`` ``(N, 3, S, S)`` float32
     (normalised as ``preprocessing`` says) to output ``logits`` ``(N, C)``, with a dynamic batch axis. Its
     ``metadata_props`` and the JSON sidecar record ``preprocessing`` (the data config: input size,
     interpolation, crop_pct, crop_mode, mean, std), ``classes``, ``labels`` and the source checkpoint.
     Before the files are moved into place, eager PyTorch and ONNX Runtime run on the same input at batch 1
-    and 2 (``sample_images`` preprocessed, else seeded noise) and the max abs logit difference must be
-    <= ``tolerance``. Returns the sidecar's content (with ``parity_max_abs_diff``).
+    and 2 (``sample_images`` preprocessed, else seeded noise) and the max abs logit difference
+    (:func:`mlcore.export.onnx_parity`) must be <= ``tolerance``. Returns the sidecar's content (with ``parity_max_abs_diff``).
 
     Raises:
         RuntimeError: parity above ``tolerance`` (nothing written).
         DataError: an unreadable sample image.
     """
-    import onnx
-    import onnxruntime as ort
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = loaded.data_config
@@ -358,26 +355,8 @@ def export_onnx(loaded: LoadedClassifier, out_dir: str | Path, *, name: str, ops
     tmp = out_dir / f".{name}.{os.getpid()}.onnx.tmp"
     model = loaded.model.eval()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
-            torch.onnx.export(model, (x[:1],), str(tmp), dynamo=False, opset_version=opset,
-                              input_names=["image"], output_names=["logits"],
-                              dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
-        proto = onnx.load(str(tmp))
-        del proto.metadata_props[:]
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, json.dumps(value)
-        onnx.save(proto, str(tmp))
-        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        diff = 0.0
-        with torch.no_grad():
-            for batch in (x[:1], x[:2]):
-                ref = model(batch).float().numpy()
-                got = session.run(["logits"], {"image": batch.numpy()})[0]
-                if got.shape != ref.shape:
-                    raise RuntimeError(f"ONNX output shape {got.shape} != PyTorch {ref.shape} at batch {len(batch)}")
-                diff = max(diff, float(np.abs(got - ref).max()))
+        export_model_onnx(model, tmp, x[:1], metadata=meta, opset=opset, output_names=("logits",))
+        diff = onnx_parity(model, tmp, (x[:1], x[:2]), output="logits")
         if not diff <= tolerance:
             raise RuntimeError(f"parity check failed: max abs logit difference ONNX vs PyTorch {diff:.3g} > "
                                f"tolerance {tolerance:g}; nothing written")
