@@ -115,3 +115,15 @@ def test_worker_error_becomes_its_own_line_with_the_hint(tmp_path):
 
 def test_capped_workers():
     assert capped_workers(10_000) == len(__import__("os").sched_getaffinity(0)) and capped_workers(1) == 1
+
+
+def test_write_split_json_relative_paths_pairs_counts_and_info(tmp_path):
+    from mlcore.data import write_split_json
+
+    root = tmp_path / "data"
+    out = write_split_json(tmp_path / "split.json", {"train": [(root / "a" / "1.jpg", 0), (root / "b" / "2.jpg", 1)],
+                                                    "val": [Path("/elsewhere/3.jpg")], "test": []},
+                           root=root, seed=3, layout="imagefolder")
+    assert json.loads(Path(out).read_text()) == {
+        "root": str(root), "seed": 3, "layout": "imagefolder", "counts": {"train": 2, "val": 1, "test": 0},
+        "splits": {"train": [["a/1.jpg", 0], ["b/2.jpg", 1]], "val": ["/elsewhere/3.jpg"], "test": []}}

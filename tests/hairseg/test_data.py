@@ -166,6 +166,16 @@ def test_unknown_layout_and_bad_fractions(tmp_path: Path) -> None:
     make_folder(tmp_path / "a" / "x", [(8, 8)] * 3)
     with pytest.raises(DataError, match="must be in"):
         find_samples(tmp_path / "a", "train", val_fraction=0.6, test_fraction=0.5)
+    with pytest.raises(DataError, match="split must be train, val, test or all, got 'dev'"):
+        find_samples(tmp_path / "a", "dev")
+
+
+def test_data_error_is_the_one_mlcore_and_the_classifiers_raise() -> None:
+    import mlcore.data
+    import mlcore.vision
+
+    # one class: a CLI (or a caller) that catches mlcore's DataError catches hairseg's data errors too
+    assert DataError is mlcore.data.DataError is mlcore.vision.DataError
 
 
 # ------------------------------------------------------------------------------------------ pair errors

@@ -49,10 +49,12 @@ def test_train_then_eval(tmp_path, small_folder, capsys):
     for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "checkpoints/best_val_iou.pt",
                  "val_examples.png", "split.json"):
         assert (out / name).is_file(), name
-    split = json.loads((out / "split.json").read_text())
-    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (12, 2, 2)
-    assert not set(split["test"]) & (set(split["train"]) | set(split["val"]))
-    assert not set(split["train"]) & set(split["val"])
+    split = json.loads((out / "split.json").read_text())  # mlcore.data.write_split_json's layout
+    assert split["counts"] == {"train": 12, "val": 2, "test": 2} and split["seed"] == 0
+    train, val, test = (set(split["splits"][k]) for k in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (12, 2, 2) and all(p.startswith("images/") for p in train)
+    assert not test & (train | val)
+    assert not train & val
     assert summary["test"]["n_images"] == 2 and 0 <= summary["test"]["iou"] <= 1  # reported, never selected on
     assert summary["data"]["test"] == 2 and printed["test"]["checkpoint"] == "best_val_iou.pt"
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]

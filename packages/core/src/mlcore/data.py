@@ -21,7 +21,7 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,61 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 """ImageNet RGB channel means (0..1 scale), the normalisation of ImageNet-pretrained backbones."""
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 """ImageNet RGB channel standard deviations (0..1 scale)."""
+
+SPLITS: tuple[str, str, str] = ("train", "val", "test")
+"""The three splits of every domain: train (fitting), val (selection, early stopping, tuning), test
+(reported only)."""
+
+Split = Literal["train", "val", "test", "all"]
+"""A split name, or ``all`` (every sample found)."""
+
+
+class DataError(ValueError):
+    """Bad dataset on disk: unknown layout, missing meta/list file, unknown class, missing or unreadable
+    image or mask, a mask not matching its image. The message names the file or folder; the CLIs print it
+    as one line and exit 1 (:func:`mlcore.cli.run_cli`). Shared by every domain's data module."""
+
+
+def check_split(split: str) -> None:
+    """Raise :class:`DataError` unless ``split`` is ``train``, ``val``, ``test`` or ``all``."""
+    if split != "all" and split not in SPLITS:
+        raise DataError(f"split must be train, val, test or all, got {split!r}")
+
+
+def write_split_json(path: str | Path, splits: dict[str, Sequence[Any]], *, root: str | Path | None = None,
+                     **info: Any) -> Path:
+    """Write a run's ``split.json`` (atomically) and return its path.
+
+    Layout, the same for every domain::
+
+        {"root": ROOT, **info, "counts": {"train": N, ...}, "splits": {"train": [item, ...], ...}}
+
+    ``splits`` maps a split name to its items, in order. An item that is a :class:`~pathlib.Path` is written
+    relative to ``root`` where it lies under it (else as given); a tuple/list item (e.g. ``(path, label)``)
+    is written as a list with each element treated the same way; anything else as JSON writes it. ``info``
+    says how the splits were drawn (seed, fractions, layout, classes ...).
+    """
+    from mlcore.runlog import write_json_atomic
+
+    base = Path(root) if root is not None else None
+
+    def encode(item: Any) -> Any:
+        if isinstance(item, Path):
+            if base is not None:
+                try:
+                    return str(item.relative_to(base))
+                except ValueError:
+                    pass
+            return str(item)
+        if isinstance(item, tuple | list):
+            return [encode(v) for v in item]
+        return item
+
+    return write_json_atomic(Path(path), {
+        "root": str(base) if base is not None else None, **info,
+        "counts": {k: len(v) for k, v in splits.items()},
+        "splits": {k: [encode(item) for item in v] for k, v in splits.items()},
+    })
 
 
 class ResumableSampler(Sampler[tuple[int, int]]):

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,18 +32,13 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from mlcore.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401  (re-exported)
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD, DataError, Split, check_split  # noqa: F401  (re-exported)  # noqa: F401  (DataError: hairseg.data's error, re-exported)
 from mlcore.images import load_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_SUFFIXES = (".png", ".pbm", ".bmp", ".gif", ".tif", ".tiff")
 _CACHE_VERSION = "hairseg-cache-v2"  # bump when resizing/binarisation changes (v2: letterbox, EXIF)
 
-Split = Literal["train", "val", "test", "all"]
-
-
-class DataError(ValueError):
-    """Bad dataset on disk: unknown layout, missing/unreadable file, or a mask not matching its image."""
 
 
 @dataclass(frozen=True)
@@ -220,8 +215,7 @@ def find_samples(
         raise DataError(
             f"val_fraction={val_fraction} and test_fraction={test_fraction} must be in [0, 1), sum < 1"
         )
-    if split not in ("train", "val", "test", "all"):
-        raise DataError(f"split must be train, val, test or all, got {split!r}")
+    check_split(split)
     kind, base = _locate(Path(root).expanduser())
     rng = np.random.default_rng(seed)  # split only; augmentation draws from the global RNGs
     if kind == "figaro":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,7 +25,7 @@ from hairseg.metrics import HairSegMetrics, verdict
 from hairseg.models import build_model, normalization
 from mlcore import Trainer, make_loader
 from mlcore.cli import train_main
-from mlcore.runlog import write_json_atomic
+from mlcore.data import write_split_json
 from mlcore.seed import seed_everything
 
 log = logging.getLogger("hairseg.train")
@@ -78,7 +79,7 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     step = make_step(BceDiceLoss(pos_weight=cfg.pos_weight))
     trainer = Trainer(model, cfg, step, metrics=[HairSegMetrics()])
     if trainer.logger.enabled:
-        write_json_atomic(trainer.run_dir / "split.json", split_record(cfg, train_samples, val_samples, test_samples))
+        write_split(trainer.run_dir / "split.json", cfg, train_samples, val_samples, test_samples)
     summary = trainer.fit(train_loader, val_loader)
     best = summary["best"].get("val_iou")
     summary["verdict"] = verdict(best["value"]) if best else None
@@ -100,16 +101,17 @@ def train(cfg: HairSegConfig) -> dict[str, Any]:
     return summary
 
 
-def split_record(cfg: HairSegConfig, train_s: list[HairSample], val_s: list[HairSample],
-                 test_s: list[HairSample]) -> dict[str, Any]:
-    """``split.json``: the photo names of each split and how they were drawn (seed, fractions, source)."""
-    from pathlib import Path
-
+def write_split(path: str | Path, cfg: HairSegConfig, train_s: list[HairSample], val_s: list[HairSample],
+                test_s: list[HairSample]) -> Path:
+    """Write ``split.json`` (:func:`mlcore.data.write_split_json`, the layout every domain writes): the photo
+    paths of each split (relative to ``--data``; the mask follows from the layout), their counts and how they
+    were drawn (seed, fractions, where test came from)."""
     testing = any(s.image.parent.name == "Testing" for s in test_s)
-    return {"train": [s.name for s in train_s], "val": [s.name for s in val_s], "test": [s.name for s in test_s],
-            "seed": cfg.seed, "val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
-            "test_source": "Figaro-1k Testing folder (official)" if testing else "carved from the training photos by seed",
-            "data": str(Path(cfg.data).expanduser())}
+    return write_split_json(
+        path, {"train": [s.image for s in train_s], "val": [s.image for s in val_s], "test": [s.image for s in test_s]},
+        root=Path(cfg.data).expanduser(), seed=cfg.seed, val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        test_source="Figaro-1k Testing folder (official)" if testing else "carved from the training photos by seed")
 
 
 def evaluate_test(cfg: HairSegConfig, trainer: Trainer, step, test_samples: list[HairSample]) -> dict[str, Any]:

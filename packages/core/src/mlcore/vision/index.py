@@ -34,23 +34,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from mlcore.data import stratified_split
-from mlcore.runlog import write_json_atomic
+from mlcore.data import SPLITS, DataError, Split, check_split, stratified_split, write_split_json
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 """File suffixes (lower case) read as images from ImageFolder and PlantNet folders."""
 SPECIES_NAMES_FILE = "plantnet300K_species_id_2_name.json"
 PATH_COLUMNS = ("image_path", "path")
 LABEL_COLUMNS = ("label", "class")
-SPLITS = ("train", "val", "test")
-
-Split = Literal["train", "val", "test", "all"]
-
-
-class DataError(ValueError):
-    """Bad dataset on disk: unknown layout, missing meta/list file, unknown class, missing or unreadable image."""
 
 
 @dataclass(frozen=True)
@@ -90,26 +82,17 @@ class ImageIndex:
         """Samples of ``split`` (``all``: train + val + test). Raises ``DataError`` for an unknown or absent split."""
         if split == "all":
             return [s for name in SPLITS for s in self.splits.get(name, [])]
-        if split not in SPLITS:
-            raise DataError(f"split must be train, val, test or all, got {split!r}")
+        check_split(split)
         if split not in self.splits:
             raise DataError(f"dataset at {self.root} ({self.layout}) has no {split} split")
         return list(self.splits[split])
 
     def write_split_json(self, path: str | Path) -> Path:
-        """Write ``split.json``: layout, root, classes, how missing splits were carved, per-split counts and
-        the image paths of each split (relative to ``root`` where possible). Returns the path."""
-        def rel(p: Path) -> str:
-            try:
-                return str(p.relative_to(self.root))
-            except ValueError:
-                return str(p)
-
-        return write_json_atomic(Path(path), {
-            "root": str(self.root), "layout": self.layout, "classes": self.classes, "carved": self.carved,
-            "counts": {k: len(v) for k, v in self.splits.items()},
-            "splits": {k: [[rel(s.path), s.label] for s in v] for k, v in self.splits.items()},
-        })
+        """Write ``split.json`` (:func:`mlcore.data.write_split_json`): root, layout, classes, how missing
+        splits were carved, per-split counts and ``[image path, label]`` of each split (paths relative to
+        ``root`` where possible). Returns the path."""
+        return write_split_json(path, {k: [(s.path, s.label) for s in v] for k, v in self.splits.items()},
+                                root=self.root, layout=self.layout, classes=self.classes, carved=self.carved)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
