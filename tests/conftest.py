@@ -100,3 +100,32 @@ def shared_models() -> Path:
             pytest.fail(f"shared models folder not found: {path}")
         pytest.skip(f"shared models folder not found: {path}")
     return path
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """No model hub and no network: every socket connection and every Hugging Face hub download raises
+    (as on a fresh machine without access), so a model that would fetch weights fails loudly.
+
+    Patched: ``socket.socket.connect``/``connect_ex``, ``socket.create_connection`` (urllib, requests,
+    httpx all end there) and ``huggingface_hub.hf_hub_download``/``snapshot_download`` as imported by
+    huggingface_hub, timm and segmentation_models_pytorch."""
+    import importlib
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the no_network test fixture")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for module_name in ("huggingface_hub", "huggingface_hub.file_download", "timm.models._hub",
+                        "segmentation_models_pytorch.encoders"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name in ("hf_hub_download", "snapshot_download"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")

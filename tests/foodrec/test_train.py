@@ -15,6 +15,7 @@ from foodrec.config import FoodRecConfig
 from foodrec.eval import main as eval_main
 from foodrec.export import main as export_main
 from foodrec.losses import CombinedClassificationLoss, make_mixup
+from foodrec.models import build_model
 from foodrec.predict import main as predict_main
 from foodrec.train import main as train_main
 from foodrec.train import make_step
@@ -258,10 +259,43 @@ def test_seed_defaults_and_presets():
     from mlcore.cli import list_presets
 
     cfg = FoodRecConfig(data=".")
-    assert (cfg.backbone, cfg.image_size, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_epochs,
-            cfg.warmup_start_factor, cfg.min_lr, cfg.epochs) == ("efficientnet_b3", 300, 16, 1e-3, 0.01, 5.0,
-                                                                0.1, 1e-6, 150)
-    assert {"high_quality", "two_stage", "cpu"} <= set(list_presets("foodrec"))
+    assert (cfg.image_size, cfg.batch_size, cfg.lr, cfg.weight_decay, cfg.warmup_epochs,
+            cfg.warmup_start_factor, cfg.min_lr, cfg.epochs) == (300, 16, 1e-3, 0.01, 5.0, 0.1, 1e-6, 150)
+    # the one backbone whose ImageNet weights install with the workspace: a bare foodrec-train runs offline
+    assert (cfg.backbone, cfg.backbone_weights, cfg.pretrained) == ("efficientnet_lite0", "offline", True)
+    assert {"default", "seed", "high_quality", "two_stage", "cpu"} <= set(list_presets("foodrec"))
+
+
+def test_default_preset_equals_dataclass_defaults():
+    from mlcore.cli import load_preset
+
+    preset = load_preset("default", "foodrec")
+    defaults = FoodRecConfig(data=".")
+    assert {k: getattr(defaults, k) for k in preset} == preset
+
+
+def test_seed_preset_is_efficientnet_b3_with_hub_weights():
+    """Issue 17: the seed's configuration stays one flag away; it differs from the default only in the backbone."""
+    from mlcore.cli import load_preset
+
+    preset = load_preset("seed", "foodrec")
+    assert preset == {**load_preset("high_quality", "foodrec"), "out": "runs/foodrec"}
+    defaults = FoodRecConfig(data=".")
+    assert {k: v for k, v in preset.items() if getattr(defaults, k) != v} == {
+        "backbone": "efficientnet_b3", "backbone_weights": "imagenet"}
+
+
+def test_default_model_loads_the_offline_weights_with_the_network_blocked(no_network):
+    """Issue 17: the bare command's model needs no hub: its backbone holds the installed file's tensors."""
+    from mlcore.pretrained import efficientnet_lite0_weights_path
+
+    cfg = FoodRecConfig(data=".")
+    model = build_model(cfg.backbone, num_classes=3, pretrained=cfg.backbone_init())
+    source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(model.backbone.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(model.backbone.blocks[6][0].bn3.running_mean, source["_blocks.15._bn2.running_mean"])
+    with pytest.raises(OSError, match="could not download ImageNet weights"):  # the fixture does block the hub
+        build_model("efficientnet_b0", num_classes=3, pretrained="imagenet")
 
 
 @pytest.mark.parametrize("argv,needle", [

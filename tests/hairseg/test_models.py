@@ -214,3 +214,15 @@ def test_normalisation_is_the_encoders_own(tmp_path):
     assert predictor.mean == pytest.approx(mean) and predictor.std == pytest.approx(std)
     x = predictor.preprocess(np.full((40, 64, 3), 127, np.uint8))
     assert np.abs(x[0, :, :25]).max() < 1e-6  # a 127 grey photo normalises to 0
+
+
+def test_default_model_loads_the_offline_weights_with_the_network_blocked(no_network):
+    """Issue 17: the bare hairseg-train's U-Net needs no hub; its encoder holds the installed file's tensors."""
+    from hairseg.config import HairSegConfig
+
+    cfg = HairSegConfig(data=".")
+    model = build_model(cfg.encoder, encoder_weights=cfg.encoder_weights)
+    source = torch.load(offline_efficientnet_lite0_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(model.encoder.model.conv_stem.weight, source["_conv_stem.weight"])
+    with pytest.raises(OSError, match="could not download ImageNet weights"):  # the seed's preset needs the hub
+        build_model("mobilenet_v2", encoder_weights="imagenet")

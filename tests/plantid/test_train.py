@@ -106,6 +106,30 @@ def test_workers_capped_at_cpu_count():
     assert PlantIdConfig().num_workers == 8 and PlantIdConfig().accum_steps == 2 and PlantIdConfig().batch_size == 16
 
 
+def test_default_is_the_offline_lite0_and_seed_preset_is_dinov2():
+    """Issue 17: a bare plantid-train needs no hub (no DINOv2 weights install with the workspace);
+    the seed's DINOv2 is --config seed, which differs from the defaults only in the backbone."""
+    from mlcore.cli import load_preset
+
+    defaults = PlantIdConfig()
+    assert (defaults.model_type, defaults.pretrained, defaults.image_size, defaults.epochs,
+            defaults.frozen_epochs, defaults.lr) == ("efficientnet_lite0", True, 448, 60, 5, 2e-5)
+    preset = load_preset("default", "plantid")
+    assert {k: getattr(defaults, k) for k in preset} == preset
+    seed = load_preset("seed", "plantid")
+    assert {k: v for k, v in seed.items() if getattr(defaults, k) != v} == {"model_type": "dinov2_small"}
+
+
+def test_default_model_loads_the_offline_weights_with_the_network_blocked(no_network):
+    from mlcore.pretrained import efficientnet_lite0_weights_path
+
+    cfg = PlantIdConfig()
+    model = build_model(cfg.model_type, 3, pretrained=cfg.pretrained, image_size=cfg.image_size, head=cfg.head)
+    source = torch.load(efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+    assert torch.equal(model.backbone.conv_stem.weight, source["_conv_stem.weight"])
+    assert torch.equal(model.backbone.blocks[6][0].bn3.running_mean, source["_blocks.15._bn2.running_mean"])
+
+
 def test_data_command_lists_plantnet(capsys):
     assert datasets.main(["list"]) == 0
     assert "plantnet300k" in capsys.readouterr().out

