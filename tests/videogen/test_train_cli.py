@@ -238,6 +238,27 @@ def test_resume_skips_done_phases_and_keeps_each_phase_s_curriculum_values(video
     assert phases[1]["lr"] == 5e-4 and phases[1]["completed"]
 
 
+def test_resume_keeps_the_per_update_rows_logged_before_the_checkpoint(videos_root, tmp_path, probe_cache):
+    # metrics.jsonl is rewritten from last.pt's history on resume: the train_update rows must be in it
+    curriculum = tmp_path / "two_updates.yaml"
+    curriculum.write_text("phases:\n" + "".join(f"  - {{name: p{i}, epochs: 1, batch_size: 2, lr: 1.0e-3, samples: 4}}\n"
+                                                for i in range(1, 6)))
+    run = tmp_path / "run"
+
+    def rows() -> list[dict]:
+        return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    args = ["--data", str(videos_root), "--out", str(run), "--curriculum", str(curriculum), *COMMON,
+            "--end-phase", "1", "--val-clips", "none"]
+    assert train_main([*args, "--max-steps", "1"]) == 0
+    first = [r for r in rows() if r["split"] == "train_update"]
+    assert [r["step"] for r in first] == [1] and first[0]["recon"] > 0 and first[0]["kl"] >= 0
+    assert train_main(["--resume", str(run)]) == 0
+    updates = [r for r in rows() if r["split"] == "train_update"]
+    assert [r["step"] for r in updates] == [1, 2]  # step 1 was dropped on resume before the fix
+    assert updates[0] == first[0]
+
+
 @pytest.mark.parametrize("preset", ["cpu", "cpu_backbone", "default", "gtx1070", "gtx1070_backbone"])
 def test_every_shipped_preset_parses(preset, videos_root, tmp_path):
     from mlcore.cli import parse_config

@@ -32,6 +32,10 @@ class Callback:
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After every evaluation; ``metrics`` are ``<split>_<name>`` keys."""
 
+    def on_update_end(self, trainer: Trainer) -> None:
+        """After every optimizer update (``trainer.global_step`` already counts it), before that step's
+        evaluation and checkpoint; rows logged here with :meth:`Trainer.log_row` are in that ``last.pt``."""
+
     def state_dict(self) -> dict[str, Any]:
         """State to save in ``last.pt`` (plain Python values)."""
         return {}

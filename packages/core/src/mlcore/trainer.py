@@ -74,6 +74,10 @@ from mlcore.seed import get_rng_state, seed_everything, set_deterministic, set_r
 
 log = logging.getLogger("mlcore.trainer")
 
+UPDATE_SPLIT = "train_update"
+"""The ``split`` of per-update rows a domain logs with :meth:`Trainer.log_row` (videogen's loss terms);
+the trainer's own rows are ``train`` (per epoch or evaluation interval) and the evaluated splits."""
+
 StepFn = Callable[[torch.nn.Module, Any], "torch.Tensor | Mapping[str, Any]"]
 
 
@@ -387,6 +391,8 @@ class Trainer:
                     if math.isfinite(loss):  # a skipped bad update (--max-bad-steps) has no loss to log
                         train_loss_sum, train_loss_n = train_loss_sum + loss, train_loss_n + 1
                     ctx["train_loss"] = (train_loss_sum, train_loss_n)
+                    for cb in self.callbacks:  # before this step's evaluation and last.pt
+                        cb.on_update_end(self)
                     bar.update(1)
                     if stage_step % cfg.log_every_steps == 0:
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -421,8 +427,8 @@ class Trainer:
                     self._log_train(train_loss_sum, train_loss_n, scheduler)
                     train_loss_sum, train_loss_n = 0.0, 0
                     ctx["train_loss"] = (0.0, 0)
-                evaluated_now = bool(self.history) and self.history[-1]["split"] != "train" \
-                    and self.history[-1]["step"] == self.global_step
+                last = next((r for r in reversed(self.history) if r["split"] != UPDATE_SPLIT), None)
+                evaluated_now = last is not None and last["split"] != "train" and last["step"] == self.global_step
                 if val_loader is not None and (epoch + 1) % cfg.eval_every_epochs == 0 and not evaluated_now:
                     self._evaluate_or_interrupt(val_loader, ctx, stage_step, epoch + 1, 0, "epoch")
                 if self.should_stop or epoch + 1 == epochs:
@@ -626,6 +632,16 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_evaluate(self, flat)
         return result
+
+    def log_row(self, row: dict[str, Any]) -> None:
+        """Append ``row`` (``epoch``, ``step``, ``stage``, ``split`` and numbers) to ``metrics.jsonl`` and
+        :attr:`history`. Rows logged this way are saved in ``last.pt`` with the history, so a resumed run
+        keeps them (``metrics.jsonl`` is rewritten from the checkpoint's history on resume; a row written
+        only to the file would be lost). Per-update rows use ``split`` :data:`UPDATE_SPLIT`; log them from
+        :meth:`mlcore.callbacks.Callback.on_update_end` so the update's row is in the checkpoint saved at
+        that step."""
+        self.history.append(row)
+        self.logger.log_metrics(row)
 
     def _log_train(self, loss_sum: float, n: int, scheduler) -> None:
         row = {"epoch": self.epoch, "step": self.global_step, "stage": self.stage, "split": "train",

@@ -34,7 +34,7 @@ from mlcore.cli import train_main
 from mlcore.metrics import Metric
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
-from mlcore.trainer import with_overrides
+from mlcore.trainer import UPDATE_SPLIT, with_overrides
 from videogen.config import VideoGenConfig, load_curriculum
 from videogen.data import DataError, VideoClipDataset, assign_phases, build_index, collate
 from videogen.losses import flow_matching_pair, flow_matching_per_sample, sample_flow_times, vae_loss
@@ -163,13 +163,14 @@ class LossTerms(Metric):
                 for name in self.NAMES if float(getattr(self, f"{name}_n")) > 0}
 
 
-class UpdateLog:
+class UpdateLog(Callback):
     """Writes the loss terms of every optimizer update (averaged over its micro-batches) to
     ``metrics.jsonl`` (rows with ``"split": "train_update"``) and TensorBoard (``train_update/<term>``).
 
-    :meth:`wrap` returns a training step that records its outputs; a row is written when the next
-    update starts and by :meth:`flush` (after each phase). Rows written after the checkpoint a run
-    is resumed from are dropped with the rest of ``metrics.jsonl``'s later rows (mlcore rewrites it).
+    :meth:`wrap` returns a training step that records its outputs; the row is written by
+    :meth:`on_update_end` (the trainer calls it after each update, before that step's evaluation and
+    ``last.pt``) through :meth:`mlcore.trainer.Trainer.log_row`, so it is part of the checkpoint's history:
+    a resumed run keeps every row up to the step it resumes from and drops only rows of updates it redoes.
     """
 
     def __init__(self) -> None:
@@ -197,10 +198,13 @@ class UpdateLog:
         if self.trainer is None or self.key is None or not self.acc:
             self.acc, self.key = {}, None
             return
-        row = {"epoch": self.trainer.epoch, "step": self.key[1] + 1, "stage": self.key[0], "split": "train_update",
+        row = {"epoch": self.trainer.epoch, "step": self.key[1] + 1, "stage": self.key[0], "split": UPDATE_SPLIT,
                **{k: float(v[0]) / v[1] for k, v in self.acc.items() if v[1]}}
-        self.trainer.logger.log_metrics(row)
+        self.trainer.log_row(row)
         self.acc, self.key = {}, None
+
+    def on_update_end(self, trainer: Trainer) -> None:
+        self.flush()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -572,7 +576,7 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
     budget = TimeBudget(cfg.time_budget_min, t_start)
     updates_log = UpdateLog()
     trainer = Trainer(model, cfg, updates_log.wrap(step), eval_step=step, metrics=metrics,
-                      callbacks=[phase_cb, budget])
+                      callbacks=[phase_cb, budget, updates_log])
     updates_log.trainer = trainer
     if lpips is not None:
         lpips.to(trainer.strategy.device)
