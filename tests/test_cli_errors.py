@@ -99,7 +99,29 @@ def bad(tmp_path_factory) -> Path:
     (d / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     _videogen_files(d)
     _hairseg_files(d)
+    _predict_files(d)
     return d
+
+
+def _predict_files(d: Path) -> None:
+    """The truncated-JPEG rows: ``cut.jpg`` (the first half of a JPEG, as a partly copied photo) and
+    small untrained models the predict commands load before they read it: ``hair_tiny.pt`` (hairseg U-Net,
+    MobileNetV2, 64 px) and ``food_tiny.pt`` (foodrec EfficientNet-Lite0, 2 classes, 64 px)."""
+    import numpy as np
+    from PIL import Image
+
+    from foodrec.models import build_model as build_food
+    from hairseg.models import build_model as build_hair
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "whole.jpg", quality=90)
+    data = (d / "whole.jpg").read_bytes()
+    (d / "cut.jpg").write_bytes(data[: len(data) // 2])
+    torch.save({"model": build_hair("mobilenet_v2", None).state_dict(), "domain": "hairseg",
+                "config": {"encoder": "mobilenet_v2", "image_size": 64}}, d / "hair_tiny.pt")
+    torch.save({"model": build_food("efficientnet_lite0", num_classes=2, pretrained=None).state_dict(),
+                "domain": "foodrec", "classes": ["a", "b"], "config": {"backbone": "efficientnet_lite0", "image_size": 64}},
+               d / "food_tiny.pt")
 
 
 def _hairseg_files(d: Path) -> None:
@@ -223,6 +245,11 @@ DOMAIN_ROWS: list[tuple[str, list[str], int, list[str]]] = [
     ("hairseg-train", ["--data", "{bad}/hair_notimage", "--out", "{out}", "--max-steps", "1", "--num-workers", "0"],
      1, ["cannot read image", "-org.jpg"]),
     ("foodrec-train", ["--data", "{bad}/empty_dir", "--out", "{out}", "--max-steps", "1"], 1, ["empty_dir"]),
+    # a truncated JPEG given to predict: the model loads, the photo does not decode (PIL: "image file is truncated")
+    ("hairseg-predict", ["{bad}/cut.jpg", "--model", "{bad}/hair_tiny.pt", "--out", "{out}"], 1,
+     ["cannot read image", "cut.jpg", "truncated"]),
+    ("foodrec-predict", ["{bad}/cut.jpg", "--checkpoint", "{bad}/food_tiny.pt"], 1,
+     ["cannot read image", "cut.jpg", "truncated", "--skip-bad-images"]),
     ("videogen-train", ["--data", "{bad}/nocaption_videos", "--out", "{out}", "--max-steps", "1"], 1,
      ["captions.csv", "expected columns path,caption", "got path,text"]),
     # videogen: truncated mp4s (index at the front / at the end) and a zero-byte file are unreadable, never scored

@@ -98,13 +98,13 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
                    help="test-time augmentation: flip (image + mirror), five-crop (4 corners + centre); logits averaged")
 
 
-def _prepare(args: argparse.Namespace, load: Callable[[Path], LoadedClassifier]):
+def _prepare(args: argparse.Namespace, load: Callable[[Path], LoadedClassifier], precision: str = "auto"):
     check_device(args.device)  # a bad --device is one line (exit 2) before anything is read
     _positive(args.batch_size, "--batch-size")
     if args.num_workers < 0:
         raise ConfigError(f"--num-workers must be >= 0 (got {args.num_workers})")
     loaded = load(Path(args.checkpoint))
-    strategy = build_strategy(args.device)
+    strategy = build_strategy(args.device, precision)
     model = strategy.prepare_model(with_tta(loaded.model, args.tta))
     return loaded, strategy, model
 
@@ -297,7 +297,9 @@ def predict_main(argv: Sequence[str] | None, *, prog: str, load: Callable[[Path]
         if args.out and Path(args.out).suffix.lower() not in (".csv", ".json"):
             raise ConfigError(f"--out {args.out}: expected a .csv or .json file name")
         paths = expand_images(args.images)
-        loaded, strategy, model = _prepare(args, load)
+        # fp32: predict_rows runs the model without autocast, so --precision auto's choice (and its log line,
+        # which would stand before a bad photo's one-line error on stderr) does not apply
+        loaded, strategy, model = _prepare(args, load, precision="fp32")
         rows = predict_rows(loaded, model, paths, top_k=args.top_k, batch_size=args.batch_size,
                             num_workers=args.num_workers, tta=args.tta, skip_bad_images=args.skip_bad_images,
                             device=strategy.device)
