@@ -133,17 +133,18 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
         summary["weights"] = model.weights_report
     summary["data"] = {"root": cfg.data, "train": len(train_samples), "val": len(val_samples),
                        "test": len(test_samples), "sources": sorted({s.source for s in train_samples})}
-    if test_samples and trainer.logger.enabled:
+    if test_samples:  # every rank under torchrun: evaluate_model sums the ranks' shards of the test split
         summary["test"] = evaluate_test(cfg, trainer, step, test_samples)
-        log.info("test (%d tiles, %s): %s", len(test_samples), summary["test"]["checkpoint"],
+        log.info("test (%d tiles, %s, reported only): %s", len(test_samples), summary["test"]["checkpoint"],
                  {k: round(v, 4) for k, v in summary["test"].items() if isinstance(v, float)})
     trainer.logger.write_summary(summary)
-    model_eval = trainer.ema.module if trainer.ema is not None else trainer.raw_model
-    if cfg.examples and trainer.logger.enabled and len(val_ds):
+    if cfg.examples and len(val_ds):
         from roofseg.predict import save_val_examples
 
-        save_val_examples(model_eval, val_ds, trainer.run_dir / "val_examples.png", n=cfg.examples,
-                          device=trainer.strategy.device, sectors=cfg.sectors)
+        model_eval = trainer.eval_module()  # every rank: under FSDP it gathers a full copy on rank 0
+        if trainer.logger.enabled:
+            save_val_examples(model_eval, val_ds, trainer.run_dir / "val_examples.png", n=cfg.examples,
+                              device=next(model_eval.parameters()).device, sectors=cfg.sectors)
     if cfg.export_dir and trainer.logger.enabled:
         export_run(trainer.run_dir, Path(cfg.export_dir), cfg.monitor)
     trainer.close()
@@ -166,12 +167,26 @@ def split_record(cfg: RoofSegConfig, train_s, val_s, test_s) -> dict[str, Any]:
 
 
 def evaluate_test(cfg: RoofSegConfig, trainer: Trainer, step, test_samples) -> dict[str, Any]:
-    """Metrics of the best checkpoint (selected on val) on the test samples: the reported figures."""
+    """Metrics of the best checkpoint (selected on val; else ``last.pt`` or an FSDP run's ``last.dcp``)
+    on the test samples: the reported figures, never used for selection.
+
+    Called on every rank under ``torchrun``: each rank scores its shard of the test tiles (the
+    loader's sampler) and :func:`mlcore.trainer.evaluate_model` all-reduces the loss and the
+    metric states (confusion matrices, pixel counts) before computing them, so every rank returns
+    the same figures. Calling it on rank 0 alone would block rank 0 in that all-reduce.
+    """
+    from mlcore.checkpoint import resolve_resume_path
+    from mlcore.dcp import load_resume_state
+    from mlcore.distributed import barrier
+
+    barrier()  # under torchrun: rank 0 has finished writing the checkpoints
     ckpt_path = trainer.run_dir / "checkpoints" / f"best_{cfg.monitor}.pt"
-    if not ckpt_path.is_file():
-        ckpt_path = trainer.run_dir / "checkpoints" / "last.pt"
     model = RoofNet(cfg.heads(), cfg.encoder, None, cfg.sectors)
-    model.load_state_dict(load_checkpoint(ckpt_path, expect_domain="roofseg")["model"])
+    if ckpt_path.is_file():
+        model.load_state_dict(load_checkpoint(ckpt_path, expect_domain="roofseg")["model"])
+    else:  # last.pt, or an FSDP run's sharded last.dcp
+        ckpt_path = resolve_resume_path(trainer.run_dir)
+        load_resume_state(ckpt_path, model, expect_domain="roofseg")
     model = trainer.strategy.prepare_model(model)
     ds = RoofDataset(test_samples, cfg.heads(), cfg.eval_image_size(), train=False, sectors=cfg.sectors,
                      line_width=cfg.line_width)
