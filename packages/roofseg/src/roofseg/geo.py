@@ -89,6 +89,10 @@ def reproject(geom, src: str, dst: str):
 def read_geotiff(path: str | Path) -> tuple[np.ndarray, GeoRef | None]:
     """``(H, W, 3)`` uint8 RGB of a (Geo)TIFF and its georeference (None when it has no CRS).
 
+    Other sample types (16-bit, float orthophotos) are scaled to 0..255 by their 99.5th percentile
+    (``clip(x / p99.5 * 255, 0, 255)``), converted 256 rows at a time so that a large tile is never
+    held as floats.
+
     Raises:
         OSError: unreadable file (``rasterio.errors.RasterioIOError``).
     """
@@ -101,8 +105,11 @@ def read_geotiff(path: str | Path) -> tuple[np.ndarray, GeoRef | None]:
         data = np.repeat(data, 3, 0)
     rgb = data[:3].transpose(1, 2, 0)
     if rgb.dtype != np.uint8:
-        hi = float(np.percentile(rgb, 99.5)) or 1.0
-        rgb = np.clip(rgb.astype(np.float64) / hi * 255, 0, 255).astype(np.uint8)
+        hi = float(np.percentile(data[:3], 99.5)) or 1.0
+        out = np.empty(rgb.shape, np.uint8)
+        for y in range(0, rgb.shape[0], 256):
+            out[y:y + 256] = np.clip(rgb[y:y + 256].astype(np.float64) / hi * 255, 0, 255)
+        return out, ref
     return np.ascontiguousarray(rgb), ref
 
 
