@@ -40,6 +40,11 @@ def test_train_writes_the_run_directory(outline_run, capsys):
     assert summary["task"] == "outlines" and summary["data"]["train"] == 12 and summary["data"]["val"] == 4
     assert summary["data"]["test"] == 4 and 0.0 <= summary["test"]["outline_iou"] <= 1.0
     assert 0.0 <= summary["best"]["val_outline_iou"]["value"] <= 1.0
+    # val selects, test reports: the test figure is the val-selected checkpoint's, and the test split
+    # is never evaluated during training (no max over epochs of the reported set)
+    assert summary["test"]["checkpoint"] == "best_val_outline_iou.pt"
+    splits = {json.loads(r)["split"] for r in (outline_run / "metrics.jsonl").read_text().splitlines()}
+    assert "test" not in splits and "val" in splits
 
 
 def test_eval_prints_json_with_agreement(outline_run, rid_root, capsys, tmp_path):
@@ -263,3 +268,29 @@ def test_predict_reads_a_geotiff_and_writes_its_crs(outline_run, rid_root, tmp_p
     layers = {name for name, _ in pyogrio.list_layers(tmp_path / "p" / "ortho.gpkg")}
     assert "roof_outline" in layers
     assert pyogrio.read_info(tmp_path / "p" / "ortho.gpkg", layer="roof_outline")["crs"] == "EPSG:4326"
+
+
+def test_predict_large_geotiff_by_windows_keeps_transform_and_crs(outline_run, rid_root, tmp_path):
+    """A 1,500 px GeoTIFF (tile 1011 mirrored 3 x 3, 0.1 m pixels in EPSG:25832) is predicted with
+    512 px windows: the mask GeoTIFF has the source's transform, CRS and size, equals the PNG mask,
+    (the figure is drawn at full size below FIGURE_MAX_SIDE; downscaling: test_geo)."""
+    import rasterio
+    from affine import Affine
+
+    from roofseg.geo import GeoRef, write_geotiff
+    from roofseg.predict import FIGURE_MAX_SIDE
+
+    rgb = np.asarray(Image.open(rid_root / "images" / "1011.png").convert("RGB"))
+    row = np.concatenate([rgb, rgb[:, ::-1], rgb], 1)
+    big = np.ascontiguousarray(np.concatenate([row, row[::-1], row], 0)[:1500, :1500])
+    ref = GeoRef(Affine(0.1, 0, 690000.0, 0, -0.1, 5340000.0), "EPSG:25832")
+    write_geotiff(tmp_path / "big.tif", big.transpose(2, 0, 1), ref)
+    assert predict_main([str(tmp_path / "big.tif"), "--checkpoint", str(outline_run / "checkpoints/last.pt"),
+                         "--out", str(tmp_path / "p"), "--window", "512", "--overlap", "0.25"]) == 0
+    with rasterio.open(tmp_path / "p" / "big_outline_mask.tif") as src:
+        assert src.crs.to_epsg() == 25832 and src.transform == ref.transform
+        assert (src.height, src.width) == (1500, 1500) and src.dtypes[0] == "uint8"
+        mask = src.read(1)
+    assert (mask == np.asarray(Image.open(tmp_path / "p" / "big_outline_mask.png"))).all()
+    assert set(np.unique(mask).tolist()) <= {0, 1}
+    assert FIGURE_MAX_SIDE >= 1500 and Image.open(tmp_path / "p" / "big_outline.png").size == (3000, 1500)

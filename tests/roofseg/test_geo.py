@@ -19,7 +19,15 @@ from roofseg.geo import (
     valid_polygons,
     write_geotiff,
 )
-from roofseg.predict import predict_tile, to_geojson, vector_features
+from roofseg.predict import (
+    compact_maps,
+    figures,
+    junction_points,
+    predict_maps,
+    predict_tile,
+    to_geojson,
+    vector_features,
+)
 
 
 def test_mask_polygons_trace_pixel_edges_and_round_trip():
@@ -83,6 +91,86 @@ def test_sliding_window_blends_without_seams():
     assert slid.shape == (1100, 1500)
     np.testing.assert_allclose(slid, ref, atol=1e-5)
     assert whole["outline"].shape == (1, 1100, 1500)
+
+
+class _PointwiseHeads(torch.nn.Module):
+    """Every head of RoofNet (16 sectors) as a 1x1 convolution: windows do not matter."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 1 + 9 + 18 + 3, 1)
+
+    def forward(self, x):
+        y = self.conv(x) * 3.0
+        return {"outline": y[:, :1], "superstructures": y[:, 1:10], "segments": y[:, 10:28], "lines": y[:, 28:]}
+
+
+def test_sixteen_bit_geotiff_is_scaled_by_its_percentile(tmp_path):
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 4000, (3, 600, 40), dtype=np.uint16)
+    ref = GeoRef(Affine(0.2, 0, 500000.0, 0, -0.2, 5300000.0), "EPSG:25832")
+    write_geotiff(tmp_path / "u16.tif", data, ref)
+    rgb, got = read_geotiff(tmp_path / "u16.tif")
+    hi = float(np.percentile(data, 99.5))
+    expected = np.clip(data.transpose(1, 2, 0).astype(np.float64) / hi * 255, 0, 255).astype(np.uint8)
+    assert rgb.dtype == np.uint8 and (rgb == expected).all() and got == ref
+
+
+def test_windowed_maps_equal_the_whole_tile_and_hold_no_full_float():
+    """predict_maps on a 1500 px tile, window 256: the compact maps equal those of the whole tile
+    predicted at once (a pointwise model, no resampling), and the numpy memory it allocates stays
+    below half of one full-resolution float32 map per class (the old accumulator held all of them)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (1500, 1500, 3), dtype=np.uint8)
+    model = _PointwiseHeads().eval()
+    whole = compact_maps(predict_tile(model, image, 1500, window=None))
+    tracemalloc.start()
+    try:
+        maps = predict_maps(model, image, 256, window=256, overlap=0.25)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert set(maps) == set(whole) == {"outline", "superstructures", "segments", "lines"}
+    for head in maps:
+        assert maps[head].dtype == np.uint8 and maps[head].shape == whole[head].shape, head
+        diff = np.abs(maps[head].astype(int) - whole[head].astype(int))
+        # the blend divides a weighted sum of equal values: float rounding may move a value by one
+        # uint8 step or flip a near-tie argmax on a handful of the 2.25 M pixels
+        assert (diff != 0).mean() < 1e-5 and (head in ("superstructures", "segments") or diff.max() <= 1), head
+    assert maps["superstructures"].shape == (1500, 1500) and maps["lines"].shape == (3, 1500, 1500)
+    full_float = 4 * 31 * 1500 * 1500  # all 31 channels as float32 at full resolution: 279 MB
+    band = 4 * 31 * 256 * 1500  # the stated bound: one band of window rows
+    outputs = 1500 * 1500 * (1 + 1 + 1 + 3)
+    assert peak < 2 * band + outputs < full_float / 2, (peak, band, outputs)
+    # the probabilities of predict_tile's windowed path agree with the maps (same windows and blend)
+    probs = predict_tile(model, image[:700, :900], 256, window=256, overlap=0.25)
+    small = predict_maps(model, image[:700, :900], 256, window=256, overlap=0.25)
+    for head, m in compact_maps(probs).items():
+        np.testing.assert_array_equal(m, small[head])
+
+
+def test_compact_maps_thresholds_and_figures_downscale():
+    p = np.array([[[0.0, 0.4999, 0.5, 1.0]]], np.float32)
+    q = compact_maps({"outline": p})["outline"]
+    assert q.tolist() == [[[0, 127, 128, 255]]]
+    feats_p = vector_features({"outline": np.repeat(np.repeat(p, 8, 1), 8, 2)}, 16, simplify=0)
+    feats_q = vector_features({"outline": np.repeat(np.repeat(q, 8, 1), 8, 2)}, 16, simplify=0)
+    assert [g.bounds for _, g, _ in feats_p] == [g.bounds for _, g, _ in feats_q] == [(16.0, 0.0, 32.0, 8.0)]
+    # a plateau of equal quantized maxima is one junction, not many
+    j = np.zeros((20, 20), np.uint8)
+    j[5:7, 5:7] = 200
+    j[15, 12] = 130
+    assert sorted(junction_points(j)) == [(5, 5), (12, 15)]
+    image = np.zeros((300, 200, 3), np.uint8)
+    cls = np.zeros((300, 200), np.uint8)
+    cls[:150] = 3
+    figs = figures(image, {"superstructures": cls, "outline": np.full((1, 300, 200), 255, np.uint8)}, 16, max_side=60)
+    fig, raw = figs["superstructures"]
+    assert fig.height == 60 and raw.shape == (300, 200) and (raw == cls).all()
+    assert (figs["outline"][1] == 0).all() and figs["outline"][0].size == (80, 60)  # 0 = roof, full res
 
 
 def test_segment_properties_from_rid_labels_on_tile_1011(rid_root):

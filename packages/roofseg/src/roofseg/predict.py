@@ -23,7 +23,14 @@ sample carried is not emitted):
   (x right, y down), not a GeoJSON file.
 
 Tiles larger than ``--window`` px are predicted by a sliding window (``--overlap``) whose
-probabilities are blended with a separable linear ramp, not by resizing the whole tile.
+probabilities are blended with a separable linear ramp, not by resizing the whole tile. Memory
+stays bounded on large orthophotos (AIRS' 10,000 px tiles): windows are run one row of windows at a
+time and each finished band of rows is turned into compact maps (:func:`predict_maps`: uint8 class
+maps and uint8 probabilities) at once, so full-resolution float probabilities never exist; the
+float state is about one band, ``4 * (sum of head channels + largest head) * window * W`` bytes
+(:func:`predict_maps`; measured by ``bench/roofseg_memory.py``).
+Figures (``NAME_<head>.png``) of tiles larger than ``FIGURE_MAX_SIDE`` px are drawn downscaled to
+that side; masks, GeoTIFFs and vectors are always at the tile's resolution.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import shapely
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from skimage.morphology import skeletonize
 
 import mlcore  # noqa: F401
 from mlcore.checkpoint import load_checkpoint
@@ -61,7 +69,7 @@ from roofseg.geo import (
     valid_polygons,
     write_geotiff,
 )
-from roofseg.metrics import junction_peaks, thin_lines
+from roofseg.metrics import junction_peaks
 from roofseg.models import RoofNet
 from roofseg.viz import class_map_figure, overlay
 
@@ -82,6 +90,53 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[RoofNet, di
         keep = [h for h in cfg["trained_heads"].split(",") if h]
         model.heads = torch.nn.ModuleDict({h: m for h, m in model.heads.items() if h in keep})
     return model.to(device).eval(), cfg
+
+
+CLASS_HEADS = ("superstructures", "segments")
+"""Heads whose compact map is an ``(H, W)`` uint8 class index (argmax of the softmax)."""
+FIGURE_MAX_SIDE = 4096
+"""``roofseg-predict`` draws the figures of larger tiles downscaled to this side (px)."""
+
+
+def compact_maps(probs: dict[str, np.ndarray], *, inplace: bool = False) -> dict[str, np.ndarray]:
+    """Probabilities of :func:`predict_tile` -> the compact maps of :func:`predict_maps`.
+
+    Class heads (superstructures, segments): ``(C, H, W)`` float -> ``(H, W)`` uint8 argmax;
+    sigmoid heads (outline, lines): ``(C, H, W)`` float in [0, 1] -> uint8 ``rint(255 p)``, for which
+    ``q >= 255 t`` holds exactly when ``p >= t`` for the thresholds used here (0.5 -> 127.5). Arrays
+    that are uint8 already are returned unchanged, so the function is idempotent. ``inplace``
+    lets it overwrite float inputs instead of allocating temporaries.
+    """
+    out = {}
+    for head, p in probs.items():
+        if p.dtype == np.uint8:
+            out[head] = p
+        elif head in CLASS_HEADS:
+            out[head] = _argmax_u8(p)
+        else:
+            q = p if inplace and p.dtype == np.float32 else p.astype(np.float32)
+            np.clip(q, 0.0, 1.0, out=q)
+            q *= 255.0
+            np.rint(q, out=q)
+            out[head] = q.astype(np.uint8)
+    return out
+
+
+def _argmax_u8(p: np.ndarray) -> np.ndarray:
+    """``p.argmax(0)`` of a ``(C, H, W)`` array as uint8 (first maximum on ties, as numpy), one
+    channel at a time: ``np.argmax`` over axis 0 would copy the whole array transposed."""
+    best = p[0].copy()
+    idx = np.zeros(p.shape[1:], np.uint8)
+    for c in range(1, p.shape[0]):
+        better = p[c] > best
+        idx[better] = c
+        np.maximum(best, p[c], out=best)
+    return idx
+
+
+def _at_least(p: np.ndarray, threshold: float) -> np.ndarray:
+    """``p >= threshold`` for a float probability or its uint8 ``rint(255 p)``."""
+    return p >= (threshold * 255.0 if p.dtype == np.uint8 else threshold)
 
 
 def _ramp(n: int, ramp: int) -> np.ndarray:
@@ -111,10 +166,53 @@ def _forward(model: torch.nn.Module, image: np.ndarray, image_size: int, out_hw:
     return out
 
 
+def _blended_bands(model: torch.nn.Module, image: np.ndarray, image_size: int, device, window: int,
+                   overlap: float):
+    """Yield ``(y0, y1, {head: (C, y1 - y0, W) float32 view}, (y1 - y0, W) weight-sum view)`` for
+    consecutive row bands of the tile, top to bottom: each band's weighted probability sums are
+    final when yielded (divide by the weight sum; the views are overwritten afterwards).
+
+    Windows are run one row of windows at a time into a float32 accumulator of ``window`` rows
+    (and a weight sum); after a row of windows the rows no later window reaches are yielded and
+    shifted away. Float memory: the accumulator, ``4 * sum(C) * window * W`` bytes, a copy of its
+    overlap rows while shifting, and one window's forward pass.
+    """
+    h, w = image.shape[:2]
+    ph, pw = max(h, window), max(w, window)
+    padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect") if (ph, pw) != (h, w) else image
+    stride = max(1, int(round(window * (1 - overlap))))
+    ramp = max(1, int(round(window * overlap / 2))) if overlap > 0 else window
+    wgt = np.outer(_ramp(window, ramp), _ramp(window, ramp)).astype(np.float32)
+    acc: dict[str, np.ndarray] = {}
+    wsum = np.zeros((window, pw), np.float32)
+    ys = _window_starts(ph, window, stride)
+    for i, y in enumerate(ys):
+        for x in _window_starts(pw, window, stride):
+            crop = np.ascontiguousarray(padded[y:y + window, x:x + window])
+            for head, prob in _forward(model, crop, image_size, (window, window), device).items():
+                if head not in acc:
+                    acc[head] = np.zeros((prob.shape[0], window, pw), np.float32)
+                acc[head][:, :, x:x + window] += prob.cpu().numpy() * wgt
+            wsum[:, x:x + window] += wgt
+        done = (ys[i + 1] if i + 1 < len(ys) else ph) - y  # rows that no later window reaches
+        y1 = min(y + done, h)
+        if y1 > y:
+            yield y, y1, {k: v[:, :y1 - y, :w] for k, v in acc.items()}, wsum[:y1 - y, :w]
+        for v in (*acc.values(), wsum[None]):
+            v[:, :window - done] = v[:, done:].copy()
+            v[:, window - done:] = 0.0
+
+
+def _check_window(window: int, overlap: float) -> None:
+    if not 0 <= overlap <= 0.9 or window < 32:
+        raise ValueError(f"sliding window: expected --window >= 32 and --overlap in [0, 0.9], got {window}, {overlap}")
+
+
 @torch.inference_mode()
 def predict_tile(model: torch.nn.Module, image: np.ndarray, image_size: int, device: str | torch.device = "cpu",
                  *, window: int | None = None, overlap: float = 0.25) -> dict[str, np.ndarray]:
-    """Probabilities of every head at the tile's resolution.
+    """Probabilities of every head at the tile's resolution (full-resolution float32: for tiles of
+    RID's size; ``roofseg-predict`` uses :func:`predict_maps`, which never holds them).
 
     A tile no larger than ``window`` px (or any tile when ``window`` is None) is resized to the
     model's ``image_size`` and the outputs resized back. A larger tile (an orthophoto) is cut into
@@ -138,24 +236,50 @@ def predict_tile(model: torch.nn.Module, image: np.ndarray, image_size: int, dev
     h, w = image.shape[:2]
     if window is None or max(h, w) <= window:
         return {k: v.cpu().numpy() for k, v in _forward(model, image, image_size, (h, w), device).items()}
-    if not 0 <= overlap <= 0.9 or window < 32:
-        raise ValueError(f"sliding window: expected --window >= 32 and --overlap in [0, 0.9], got {window}, {overlap}")
-    ph, pw = max(h, window), max(w, window)
-    padded = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)), mode="reflect") if (ph, pw) != (h, w) else image
-    stride = max(1, int(round(window * (1 - overlap))))
-    ramp = max(1, int(round(window * overlap / 2))) if overlap > 0 else window
-    wgt = torch.from_numpy(np.outer(_ramp(window, ramp), _ramp(window, ramp)))
-    acc: dict[str, torch.Tensor] = {}
-    wsum = torch.zeros(ph, pw)
-    for y in _window_starts(ph, window, stride):
-        for x in _window_starts(pw, window, stride):
-            crop = np.ascontiguousarray(padded[y:y + window, x:x + window])
-            for head, prob in _forward(model, crop, image_size, (window, window), device).items():
-                if head not in acc:
-                    acc[head] = torch.zeros(prob.shape[0], ph, pw)
-                acc[head][:, y:y + window, x:x + window] += prob.cpu() * wgt
-            wsum[y:y + window, x:x + window] += wgt
-    return {k: (v / wsum)[:, :h, :w].numpy() for k, v in acc.items()}
+    _check_window(window, overlap)
+    out: dict[str, np.ndarray] = {}
+    for y0, y1, band, wsum in _blended_bands(model, image, image_size, device, window, overlap):
+        for head, v in band.items():
+            if head not in out:
+                out[head] = np.empty((v.shape[0], h, w), np.float32)
+            np.divide(v, wsum, out=out[head][:, y0:y1])
+    return out
+
+
+@torch.inference_mode()
+def predict_maps(model: torch.nn.Module, image: np.ndarray, image_size: int, device: str | torch.device = "cpu",
+                 *, window: int | None = None, overlap: float = 0.25) -> dict[str, np.ndarray]:
+    """:func:`predict_tile` as compact maps (:func:`compact_maps`), with bounded memory on large tiles.
+
+    Same windows, blending and values as :func:`predict_tile` followed by :func:`compact_maps`, but
+    a windowed tile is converted band by band (:func:`_blended_bands`): the outputs take 1 byte
+    per pixel per class head and per sigmoid channel, and the float state is bounded by the tile's
+    width, not its height: ``4 * window * W * (sum(C) + max(C) + 3) + 4 * max(C) * window**2``
+    bytes (the band accumulator for every head's ``C`` channels, one head's band being
+    converted, the weight sum and argmax rows, one window's probabilities). A 10,000 px tile,
+    window 512: 20 MB of band for an outline model, ~0.6 GB + 0.35 GB for a 31-channel ``--task
+    multi`` model (16 sectors), where full-resolution float32 probabilities take 0.4 GB per channel
+    (12.4 GB for 31). ``bench/roofseg_memory.py`` measures it.
+
+    Returns:
+        ``{"outline": (1, H, W) uint8 rint(255 p), "lines": (3, H, W) uint8 rint(255 p),
+        "superstructures" / "segments": (H, W) uint8 class index}`` for the model's heads.
+
+    Raises:
+        ValueError: ``overlap`` outside [0, 0.9] or ``window`` < 32.
+    """
+    h, w = image.shape[:2]
+    if window is None or max(h, w) <= window:
+        return compact_maps(predict_tile(model, image, image_size, device))
+    _check_window(window, overlap)
+    out: dict[str, np.ndarray] = {}
+    for y0, y1, band, wsum in _blended_bands(model, image, image_size, device, window, overlap):
+        for head, v in band.items():  # one head's band of probabilities at a time
+            m = compact_maps({head: np.divide(v, wsum)}, inplace=True)[head]
+            if head not in out:
+                out[head] = np.empty((h, w) if m.ndim == 2 else (m.shape[0], h, w), np.uint8)
+            out[head][..., y0:y1, :] = m
+    return out
 
 
 def vectorize_lines(line_prob: np.ndarray, threshold: float = 0.5, min_length: int = 6) -> np.ndarray:
@@ -163,13 +287,13 @@ def vectorize_lines(line_prob: np.ndarray, threshold: float = 0.5, min_length: i
     the probabilistic Hough transform (``cv2.HoughLinesP``, 1 px / 1 degree bins).
 
     Args:
-        line_prob: ``(H, W)`` float in [0, 1].
+        line_prob: ``(H, W)`` float in [0, 1], or its uint8 ``rint(255 p)`` (:func:`compact_maps`).
 
     Returns:
         ``(S, 2, 2)`` float64 ``[[x0, y0], [x1, y1]]`` segments in pixel-edge coordinates
         (the centres of the skeleton pixels, ``index + 0.5``).
     """
-    skel = thin_lines(line_prob, threshold).astype(np.uint8) * 255
+    skel = skeletonize(_at_least(line_prob, threshold)).astype(np.uint8) * 255
     lines = cv2.HoughLinesP(skel, 1, np.pi / 180, threshold=max(3, min_length // 2), minLineLength=min_length,
                             maxLineGap=3)
     if lines is None:
@@ -182,20 +306,23 @@ def vector_features(probs: dict[str, np.ndarray], sectors: int, *, simplify: flo
                     rid_segments: list | None = None) -> list[tuple[str, Any, dict[str, Any]]]:
     """``[(kind, pixel-edge geometry, properties)]`` of every head in ``probs`` (see the module doc).
 
+    ``probs``: :func:`predict_tile`'s probabilities or :func:`predict_maps`' compact maps.
+
     With ``georef``, roof segments get ``area_m2``, ``azimuth_deg`` (RID convention: south 0, west
     +90, east -90, north 180; :func:`roofseg.geo.segment_azimuth` in ``metric_crs``),
     ``usable_pv_area_m2`` (segment minus the predicted superstructure polygons; None without a
     superstructure head) and ``slope_deg`` from the best-overlapping RID label in ``rid_segments``
     (``SegmentLabel`` list, lon/lat), else None.
     """
-    h, w = next(iter(probs.values())).shape[1:]
+    probs = compact_maps(probs)
+    h, w = next(iter(probs.values())).shape[-2:]
     feats: list[tuple[str, Any, dict[str, Any]]] = []
     if "outline" in probs:
-        for poly in mask_polygons(probs["outline"][0] >= 0.5, simplify):
+        for poly in mask_polygons(_at_least(probs["outline"][0], 0.5), simplify):
             feats.append(("roof_outline", poly, {"kind": "roof_outline"}))
     sup_union = None
     if "superstructures" in probs:
-        cmap = probs["superstructures"].argmax(0)
+        cmap = probs["superstructures"]
         sup_polys = []
         for k, name in enumerate(SUPERSTRUCTURE_CLASSES[:-1]):
             for poly in mask_polygons(cmap == k, simplify, min_area=1.0):
@@ -204,7 +331,7 @@ def vector_features(probs: dict[str, np.ndarray], sectors: int, *, simplify: flo
         sup_union = shapely.union_all(sup_polys) if sup_polys else shapely.Polygon()
     if "segments" in probs:
         names = segment_classes(sectors)
-        cmap = probs["segments"].argmax(0)
+        cmap = probs["segments"]
         tree = None
         if rid_segments:
             from shapely.strtree import STRtree
@@ -236,11 +363,30 @@ def vector_features(probs: dict[str, np.ndarray], sectors: int, *, simplify: flo
             ys = np.clip(np.linspace(seg[0, 1], seg[1, 1], n).astype(int), 0, h - 1)
             kind = "eave" if eave[ys, xs].mean() > inner[ys, xs].mean() else "inner"
             feats.append(("roof_line", shapely.LineString(seg), {"kind": "roof_line", "line_type": kind}))
-        peaks = junction_peaks(torch.from_numpy(junc)[None])[0].numpy()
-        ys, xs = np.nonzero(peaks)
-        for x, y in zip(xs, ys, strict=True):
+        for x, y in junction_points(junc):
             feats.append(("junction", shapely.Point(x + 0.5, y + 0.5), {"kind": "junction"}))
     return feats
+
+
+def junction_points(junc: np.ndarray, threshold: float = 0.5) -> list[tuple[int, int]]:
+    """``[(col, row)]`` junctions of a junction probability map: 5x5 local maxima ``>= threshold``
+    (as :func:`roofseg.metrics.junction_peaks`), one per 8-connected plateau of equal maxima (its
+    pixel nearest the plateau's centroid), so a quantized (uint8) map gives no duplicates.
+
+    Args:
+        junc: ``(H, W)`` float in [0, 1], or its uint8 ``rint(255 p)``.
+    """
+    if junc.dtype == np.uint8:
+        peaks = _at_least(junc, threshold) & (junc >= cv2.dilate(junc, np.ones((5, 5), np.uint8)))
+    else:
+        peaks = junction_peaks(torch.from_numpy(np.ascontiguousarray(junc, np.float32))[None], threshold)[0].numpy()
+    n, labels = cv2.connectedComponents(peaks.astype(np.uint8), connectivity=8)
+    out = []
+    for k in range(1, n):
+        ys, xs = np.nonzero(labels == k)
+        i = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+        out.append((int(xs[i]), int(ys[i])))
+    return out
 
 
 def to_geojson(probs: dict[str, np.ndarray], sectors: int, *, simplify: float = 1.5, georef: GeoRef | None = None,
@@ -248,8 +394,9 @@ def to_geojson(probs: dict[str, np.ndarray], sectors: int, *, simplify: float = 
                features: list | None = None) -> dict[str, Any]:
     """A FeatureCollection of :func:`vector_features`: RFC 7946 lon/lat with ``georef`` (valid
     geometries, counter-clockwise exteriors), else pixel-edge coordinates (``properties.coordinates``
-    = ``pixel``; written as ``NAME.pixels.json``, not as GeoJSON)."""
-    h, w = next(iter(probs.values())).shape[1:]
+    = ``pixel``; written as ``NAME.pixels.json``, not as GeoJSON). ``probs``: probabilities or
+    compact maps (:func:`compact_maps`)."""
+    h, w = next(iter(probs.values())).shape[-2:]
     if features is None:
         features = vector_features(probs, sectors, simplify=simplify, georef=georef, metric_crs=metric_crs,
                                    rid_segments=rid_segments)
@@ -320,29 +467,45 @@ def _georef(tile: Path, image_hw: tuple[int, int], tiff_ref: GeoRef | None, foot
     return tiff_ref, None
 
 
-def figures(image: np.ndarray, probs: dict[str, np.ndarray], sectors: int) -> dict[str, tuple[Image.Image, np.ndarray]]:
-    """``{head: (figure, raw uint8 map)}`` for the heads in ``probs``."""
+def figures(image: np.ndarray, probs: dict[str, np.ndarray], sectors: int,
+            max_side: int | None = None) -> dict[str, tuple[Image.Image, np.ndarray]]:
+    """``{head: (figure, raw uint8 map at the tile's resolution)}`` for the heads in ``probs``
+    (probabilities or :func:`compact_maps`). With ``max_side``, a larger tile's figure is drawn
+    downscaled to that side (tile: area interpolation; class maps: nearest); ``raw`` never is."""
+    maps = compact_maps(probs)
+    raws = {}
+    for head, m in maps.items():
+        if head == "outline":
+            raws[head] = (~_at_least(m[0], 0.5)).astype(np.uint8)  # RID convention: 0 = roof, 1 = not roof
+        elif head == "lines":
+            raws[head] = np.ascontiguousarray(m.transpose(1, 2, 0))  # inner, eave, junction as RGB
+        else:
+            raws[head] = m
+    h, w = image.shape[:2]
+    if max_side is not None and max(h, w) > max_side:
+        s = max_side / max(h, w)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        maps = {k: (cv2.resize(v, size, interpolation=cv2.INTER_NEAREST) if k in CLASS_HEADS else
+                    np.stack([cv2.resize(c, size, interpolation=cv2.INTER_AREA) for c in v]))
+                for k, v in maps.items()}
     out = {}
-    for head, p in probs.items():
+    for head, m in maps.items():
         if head == "superstructures":
-            cm = p.argmax(0).astype(np.uint8)
-            out[head] = (class_map_figure(image, cm, list(SUPERSTRUCTURE_CLASSES)), cm)
+            out[head] = (class_map_figure(image, m, list(SUPERSTRUCTURE_CLASSES)), raws[head])
         elif head == "segments":
-            cm = p.argmax(0).astype(np.uint8)
-            out[head] = (class_map_figure(image, cm, list(segment_classes(sectors))), cm)
+            out[head] = (class_map_figure(image, m, list(segment_classes(sectors))), raws[head])
         elif head == "outline":
-            m = p[0] >= 0.5
             col = np.zeros_like(image)
             col[..., 1] = 255
-            # RID convention: 0 = roof, 1 = not roof
-            out[head] = (Image.fromarray(np.concatenate([image, overlay(image, col, m)], 1)), (~m).astype(np.uint8))
+            roof = _at_least(m[0], 0.5)
+            out[head] = (Image.fromarray(np.concatenate([image, overlay(image, col, roof)], 1)), raws[head])
         elif head == "lines":
-            line = thin_lines(np.maximum(p[0], p[1]))
             drawn = image.copy()
-            drawn[line] = (255, 0, 0)
-            drawn[junction_peaks(torch.from_numpy(p[2])[None])[0].numpy()] = (255, 255, 0)
-            raw = (np.stack([p[0], p[1], p[2]], -1) * 255).astype(np.uint8)
-            out[head] = (Image.fromarray(np.concatenate([image, drawn], 1)), raw)
+            drawn[skeletonize(_at_least(np.maximum(m[0], m[1]), 0.5))] = (255, 0, 0)
+            for x, y in junction_points(m[2]):
+                drawn[y, x] = (255, 255, 0)
+            out[head] = (Image.fromarray(np.concatenate([image, drawn], 1)), raws[head])
     return out
 
 
@@ -417,9 +580,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     raise DataError(f"{tile}: cannot read GeoTIFF ({exc})") from None
             else:
                 image = load_rgb(tile)
-            probs = predict_tile(model, image, size, args.device, window=window, overlap=args.overlap)
+            probs = predict_maps(model, image, size, args.device, window=window, overlap=args.overlap)
             georef, seg_dir = _georef(tile, image.shape[:2], tiff_ref, footprints, fp_path)
-            for head, (fig, raw) in figures(image, probs, sectors).items():
+            for head, (fig, raw) in figures(image, probs, sectors, FIGURE_MAX_SIDE).items():
                 fig.save(out / f"{tile.stem}_{head}.png")
                 Image.fromarray(raw).save(out / f"{tile.stem}_{head}_mask.png")
                 if georef is not None:
