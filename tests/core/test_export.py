@@ -8,7 +8,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mlcore.export import copy_onnx_metadata, export_onnx, onnx_parity, read_onnx_metadata, write_onnx_metadata
+from mlcore.export import (
+    copy_onnx_metadata,
+    export_onnx,
+    onnx_parity,
+    read_onnx_metadata,
+    write_onnx_metadata,
+)
 
 META = {"preprocessing": {"input_size": [3, 8, 8], "mean": [0.485, 0.456, 0.406], "interpolation": "bicubic"},
         "classes": ["a", "b"], "image_size": 8, "std": [0.229, 0.224, 0.225], "checkpoint": None}
