@@ -19,6 +19,8 @@ import timm
 import torch
 from torch import nn
 
+from mlcore.modules import FrozenPartsModule, set_frozen_parts
+from mlcore.modules import count_parameters as param_count  # noqa: F401  (re-exported)
 from mlcore.pretrained import EFFICIENTNET_LITE0_ARCH, efficientnet_lite0
 
 BACKBONES: tuple[str, ...] = ("efficientnet_b3", "efficientnet_b0", "efficientnet_b4", "resnet50", "efficientnet_lite0")
@@ -28,29 +30,22 @@ PRETRAINED: tuple[str, ...] = ("imagenet", "offline")
 """Accepted ``pretrained`` values besides ``None`` (random initialisation)."""
 
 
-class FoodClassifier(nn.Module):
+class FoodClassifier(FrozenPartsModule):
     """``backbone`` (timm, ``num_classes=0``: ``(N, 3, S, S) -> (N, F)`` pooled features) + ``head``.
 
     While :attr:`backbone_frozen` is True, :meth:`train` keeps the backbone in eval mode (BatchNorm
-    running statistics and dropout/drop-path frozen), so a trainer calling ``model.train()`` every
-    epoch does not undo :func:`freeze_backbone`.
+    running statistics and dropout/drop-path frozen; :class:`mlcore.modules.FrozenPartsModule`), so a
+    trainer calling ``model.train()`` every epoch does not undo :func:`freeze_backbone`.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Sequential) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.backbone_frozen = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` float32 ImageNet-normalised -> ``(N, C)`` float32 logits."""
         return self.head(self.backbone(x))
-
-    def train(self, mode: bool = True) -> FoodClassifier:
-        super().train(mode)
-        if self.backbone_frozen:
-            self.backbone.eval()
-        return self
 
 
 def build_model(
@@ -127,12 +122,4 @@ def freeze_backbone(model: FoodClassifier, frozen: bool) -> None:
     """
     if not isinstance(model, FoodClassifier):
         raise TypeError(f"freeze_backbone: expected a FoodClassifier, got {type(model).__name__}")
-    model.backbone_frozen = frozen
-    for p in model.backbone.parameters():
-        p.requires_grad_(not frozen)
-    model.train(model.training)
-
-
-def param_count(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameter elements of ``model``; only ``requires_grad`` ones if ``trainable_only``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    set_frozen_parts(model, [model.backbone] if frozen else [], scope=model.backbone)

@@ -27,6 +27,7 @@ import torch
 
 from mlcore.checkpoint import load_model_weights
 from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
+from mlcore.modules import count_parameters
 from mlcore.pretrained import (
     EFFICIENTNET_LITE0_SMP_ENCODER,
     TF_LITE_MEAN,
@@ -208,9 +209,6 @@ def normalization(encoder: str) -> tuple[tuple[float, float, float], tuple[float
     return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
 
 
-def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (elements) of ``model``; only ``requires_grad`` ones if ``trainable_only``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:

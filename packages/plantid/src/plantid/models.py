@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mlcore.modules import FrozenPartsModule, set_frozen_parts
+from mlcore.modules import count_parameters as param_count  # noqa: F401  (re-exported)
 from mlcore.pretrained import efficientnet_lite0
 
 DINOV2_HUB_IDS = {"dinov2_small": "facebook/dinov2-small", "dinov2_base": "facebook/dinov2-base",
@@ -48,12 +50,12 @@ DINOV2_DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bicubic", "
 defines it: shortest edge 256 bicubic, centre crop 224, ImageNet mean/std; in timm's data-config form."""
 
 
-class PlantClassifier(nn.Module):
+class PlantClassifier(FrozenPartsModule):
     """``backbone`` (``(N, 3, S, S) -> (N, F)`` features) + ``head`` (``(N, F) -> (N, C)``).
 
     Backbone parts frozen by :func:`freeze_backbone` stay in eval mode through :meth:`train`
-    (BatchNorm statistics, dropout and drop-path frozen), so the trainer's ``model.train()`` does not
-    undo the freezing.
+    (BatchNorm statistics, dropout and drop-path frozen; :class:`mlcore.modules.FrozenPartsModule`), so the
+    trainer's ``model.train()`` does not undo the freezing; :attr:`backbone_frozen` is True in the warmup.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, model_type: str) -> None:
@@ -61,14 +63,8 @@ class PlantClassifier(nn.Module):
         self.backbone = backbone
         self.head = head
         self.model_type = model_type
-        self.frozen_parts: list[nn.Module] = []
         if model_type.startswith("dinov2"):  # timm backbones carry their own pretrained_cfg
             self.pretrained_cfg = dict(DINOV2_DATA_CONFIG)
-
-    @property
-    def backbone_frozen(self) -> bool:
-        """True when the whole backbone is frozen (the warmup stage)."""
-        return any(m is self.backbone for m in self.frozen_parts)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` float32 -> ``(N, F)`` float32 pooled features."""
@@ -80,12 +76,6 @@ class PlantClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, S, S)`` float32 ImageNet-normalised -> ``(N, C)`` logits."""
         return self.head(self.features(x))
-
-    def train(self, mode: bool = True) -> PlantClassifier:
-        super().train(mode)
-        for part in self.frozen_parts:
-            part.eval()
-        return self
 
     def backbone_stages(self) -> list[nn.Module]:
         """The backbone as an ordered list of parts, input side first: DINOv2 ``[embeddings, layer 0,
@@ -204,18 +194,8 @@ def freeze_backbone(model: PlantClassifier, frozen: bool, trainable_stages: int 
         raise TypeError(f"freeze_backbone: expected a PlantClassifier, got {type(model).__name__}")
     if trainable_stages is not None and trainable_stages < 1:
         raise ValueError(f"trainable_stages must be >= 1 or None, got {trainable_stages}")
-    for p in model.backbone.parameters():
-        p.requires_grad_(not frozen)
-    model.frozen_parts = [model.backbone] if frozen else []
+    parts = [model.backbone] if frozen else []
     if not frozen and trainable_stages is not None:
         stages = model.backbone_stages()
-        model.frozen_parts = stages[: max(0, len(stages) - trainable_stages)]
-        for part in model.frozen_parts:
-            for p in part.parameters():
-                p.requires_grad_(False)
-    model.train(model.training)
-
-
-def param_count(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameter elements (only ``requires_grad`` ones with ``trainable_only``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+        parts = stages[: max(0, len(stages) - trainable_stages)]
+    set_frozen_parts(model, parts, scope=model.backbone)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mlcore.modules import count_parameters
 from videogen.models.backbone import HybridBackbone
 from videogen.models.text_encoder import ByteTokenizer, MultilingualTextEncoder, PretrainedTextEncoder
 from videogen.models.vae import VAESize, VideoVAE
@@ -170,9 +171,6 @@ def build_text_to_video(size: ModelSize, vae: VideoVAE, grad_checkpointing: bool
     return TextToVideo(vae, text, backbone)
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (optionally only those with ``requires_grad``)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
 __all__ = ["MODEL_SIZES", "SIZES", "ByteTokenizer", "HybridBackbone", "ModelSize", "MultilingualTextEncoder",
