@@ -70,10 +70,10 @@ from mlcore.data import BadSampleLog, ResumableSampler, make_loader  # noqa: E40
 from mlcore.devices import DeviceStrategy, build_strategy  # noqa: E402
 from mlcore.metrics import Metric  # noqa: E402
 from mlcore.schedulers import build_scheduler  # noqa: E402
-from mlcore.trainer import NonFiniteLossError, Trainer  # noqa: E402
+from mlcore.trainer import NonFiniteLossError, Trainer, TrainState  # noqa: E402
 
 __all__ = [
     "BadSampleLog", "BestCheckpoint", "Callback", "ConfigError", "DeviceStrategy", "EarlyStopping", "Metric",
-    "NonFiniteLossError", "ResumableSampler", "TrainConfig", "Trainer", "build_scheduler",
+    "NonFiniteLossError", "ResumableSampler", "TrainConfig", "TrainState", "Trainer", "build_scheduler",
     "build_strategy", "configure_environment", "make_loader",
 ]

@@ -1,4 +1,4 @@
-"""Callbacks: early stopping and best-by-metric (top-k) checkpoints.
+"""Callbacks: the hook API of the training loop, early stopping and best-by-metric (top-k) checkpoints.
 
 Monitored names are ``<split>_<metric>``, e.g. ``val_iou`` or ``val_loss``, matching the keys of
 :meth:`mlcore.trainer.Trainer.evaluate` prefixed by the split.
@@ -11,13 +11,34 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mlcore.trainer import Trainer
+    from mlcore.trainer import Trainer, TrainState
 
 log = logging.getLogger(__name__)
 
 
 class Callback:
     """Hooks the trainer calls; state in :meth:`state_dict` is saved in ``last.pt`` for resume.
+
+    Override any of the hooks below; the trainer calls a hook only on the callbacks that override it
+    (a callback without overrides costs nothing in the loop). The order within one
+    :meth:`~mlcore.trainer.Trainer.fit` call (one stage)::
+
+        on_fit_start
+        on_stage_start                      (not for a stage a resumed run skips as completed)
+        per epoch:
+            per optimizer update:
+                on_train_batch_end x micro-batches of the accumulation window
+                on_update_end
+                [on_evaluate]               (--eval-every-steps)
+            [on_evaluate]                   (--eval-every-epochs)
+            on_epoch_end
+        on_fit_end                          (returned: stage done, --max-steps, early stopping)
+        on_exception                        (instead of on_fit_end when an exception leaves fit)
+
+    ``state`` is the stage's :class:`~mlcore.trainer.TrainState` (``stage``, ``stage_step``, ``epoch``,
+    ``batch_in_epoch``, ``optimizer``, ``scheduler``, ``cfg``, ...); the run-wide step is
+    ``trainer.global_step``. Set ``trainer.should_stop = True`` to stop the stage after the current
+    update (as :class:`EarlyStopping` does).
 
     States are saved under :attr:`state_key` (the class name unless a subclass says otherwise), so a
     run resumed with callbacks added, removed or reordered gives each callback its own state; a
@@ -29,12 +50,43 @@ class Callback:
         """Name of this callback's entry in ``last.pt`` (unique per trainer; duplicates get ``#2``...)."""
         return type(self).__qualname__
 
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """At the start of every ``fit`` call, before the stage's optimizer is built (also for a stage
+        that a resumed run skips because it completed)."""
+
+    def on_stage_start(self, trainer: Trainer, state: TrainState) -> None:
+        """Once the stage's optimizer, scheduler and scaler exist and a resumed run's position is
+        restored, before its first update."""
+
+    def on_train_batch_end(self, trainer: Trainer, state: TrainState, outputs: dict[str, Any]) -> None:
+        """After each micro-batch's backward; ``outputs`` is the training step's mapping, tensors
+        detached (``outputs["loss"]``: the micro-batch's mean loss). A loaded batch is one micro-batch
+        unless an out-of-memory back-off split it; a window retried after an OOM calls it again.
+        ``state.stage_step`` still counts the updates before this window."""
+
+    def on_update_end(self, trainer: Trainer, state: TrainState, loss: float) -> None:
+        """After each optimizer update (scheduler stepped, EMA updated, ``trainer.global_step`` and
+        ``state.stage_step`` counted); ``loss`` is the window's mean loss (summed over ranks / world
+        size), NaN for an update skipped as non-finite (``--max-bad-steps``). Called before that step's
+        evaluation and checkpoint, so rows logged here with :meth:`~mlcore.trainer.Trainer.log_row` are in
+        that ``last.pt``."""
+
     def on_evaluate(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """After every evaluation; ``metrics`` are ``<split>_<name>`` keys."""
 
-    def on_update_end(self, trainer: Trainer) -> None:
-        """After every optimizer update (``trainer.global_step`` already counts it), before that step's
-        evaluation and checkpoint; rows logged here with :meth:`Trainer.log_row` are in that ``last.pt``."""
+    def on_epoch_end(self, trainer: Trainer, state: TrainState) -> None:
+        """After an epoch's last update and its evaluation, before ``last.pt`` is written (so state set
+        here is saved); ``state.epoch`` is then the number of epochs done."""
+
+    def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
+        """An exception is leaving ``fit`` (a non-finite loss, a stop signal's
+        :class:`~mlcore.trainer.TrainingInterrupted`, out of memory, a bug); it is re-raised afterwards.
+        ``trainer.state`` is the stage's state (the previous stage's, or None, when the exception came
+        before ``on_stage_start``)."""
+
+    def on_fit_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        """``fit`` returned ``summary`` (the stage completed, or stopped at ``--max-steps`` or by early
+        stopping: ``summary["completed"]`` says which)."""
 
     def state_dict(self) -> dict[str, Any]:
         """State to save in ``last.pt`` (plain Python values)."""

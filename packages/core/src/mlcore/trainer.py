@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +132,53 @@ def _as_outputs(out: torch.Tensor | Mapping[str, Any]) -> dict[str, Any]:
     return dict(out)
 
 
+@dataclass(eq=False)
+class TrainState:
+    """Where one :meth:`Trainer.fit` call (one stage) stands: what the loop reads and updates, what
+    callbacks receive and what ``last.pt`` saves. Run-wide counters live on the trainer:
+    ``Trainer.global_step`` (optimizer updates across all stages), ``completed_stages``, ``history``.
+
+    Attributes:
+        stage: the stage's name (``fit(stage=...)``).
+        cfg: the stage's config (the run's config with ``fit(config=...)`` overrides).
+        epochs: epochs of this stage.
+        optimizer, scheduler, scaler: built for this stage (the scheduler steps once per update; the
+            scaler is a disabled GradScaler unless fp16).
+        batches_per_epoch: loaded batches per epoch and rank; ``total_steps``: the stage's optimizer
+            updates, ``ceil(batches_per_epoch / cfg.accum_steps) * epochs`` (the schedule's length).
+        stage_step: optimizer updates done in this stage (skipped non-finite updates included).
+        epoch: the epoch in progress (0-based); after an epoch's last update it is the epochs done.
+        batch_in_epoch: loaded batches of the epoch consumed on this rank: where a resumed run continues.
+        train_loss_sum, train_loss_n: sum and count of update losses since the last ``train`` row of
+            ``metrics.jsonl`` (written at each evaluation and epoch end, then reset).
+    """
+
+    stage: str
+    cfg: TrainConfig
+    epochs: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    batches_per_epoch: int
+    total_steps: int
+    stage_step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    train_loss_sum: float = 0.0
+    train_loss_n: int = 0
+
+
+_HOOKS = ("on_fit_start", "on_stage_start", "on_train_batch_end", "on_update_end", "on_epoch_end", "on_exception",
+          "on_fit_end")
+
+
+def _hook_lists(callbacks: Sequence[Callback]) -> dict[str, list[Callback]]:
+    """Per hook, the callbacks that override it: the loop calls only those (a hook no callback
+    overrides costs one empty-list check)."""
+    return {name: [cb for cb in callbacks if getattr(type(cb), name) is not getattr(Callback, name)]
+            for name in _HOOKS}
+
+
 class Trainer:
     """Runs training and evaluation for any domain.
 
@@ -204,7 +251,8 @@ class Trainer:
         self.best_checkpoint = BestCheckpoint(config.best_monitor_list(), top_k=config.save_top_k)
         self.callbacks.append(self.best_checkpoint)
 
-        self.epoch = 0
+        self.state: TrainState | None = None  # the current (or last) stage's state, from fit()
+        self._hooks = _hook_lists(self.callbacks)
         self.global_step = 0  # optimizer updates across all stages
         self.stage = "main"
         self.completed_stages: list[str] = []
@@ -236,6 +284,12 @@ class Trainer:
                          "replaces one", self.global_step, ", ".join(later))
             log.info("resuming from %s (stage %s, epoch %d, step %d)", config.resume,
                      self._resume["stage"], self._resume["epoch"], self.global_step)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch in progress of the current stage (0-based), the epochs done after its last update
+        (what ``metrics.jsonl`` rows and checkpoints record); 0 before :meth:`fit`."""
+        return self.state.epoch if self.state is not None else 0
 
     # ------------------------------------------------------------------------------------------
     def _trainable_signature(self) -> tuple[bool, ...]:
@@ -272,6 +326,9 @@ class Trainer:
     ) -> dict[str, Any]:
         """Train for ``epochs`` (default ``config.epochs``) and return the summary dict.
 
+        Callbacks (:class:`~mlcore.callbacks.Callback`): ``on_fit_start`` first, ``on_fit_end`` with
+        the summary when it returns, ``on_exception`` when an exception leaves it (re-raised after).
+
         Args:
             stage: name of this training stage; a resumed run skips stages already completed
                 and continues the interrupted one exactly where it stopped.
@@ -279,7 +336,28 @@ class Trainer:
 
         Raises:
             NonFiniteLossError: the loss became NaN/inf (message names the optimizer step).
+            TrainingInterrupted: a stop signal (``last.pt`` saved).
         """
+        self._hooks = _hook_lists(self.callbacks)
+        for cb in self._hooks["on_fit_start"]:
+            cb.on_fit_start(self)
+        try:
+            summary = self._fit(train_loader, val_loader, stage=stage, epochs=epochs, config=config,
+                                optimizer_factory=optimizer_factory)
+        except BaseException as exc:
+            for cb in self._hooks["on_exception"]:
+                try:
+                    cb.on_exception(self, exc)
+                except Exception:  # noqa: BLE001 - never hide the exception that stopped training
+                    log.exception("callback %s failed in on_exception", type(cb).__name__)
+            raise
+        for cb in self._hooks["on_fit_end"]:
+            cb.on_fit_end(self, summary)
+        return summary
+
+    def _fit(self, train_loader: DataLoader, val_loader: DataLoader | None, *, stage: str, epochs: int | None,
+             config: TrainConfig | None,
+             optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None) -> dict[str, Any]:
         cfg = config or self.config
         epochs = epochs if epochs is not None else cfg.epochs
         self.stage, self.should_stop = stage, False
@@ -318,7 +396,9 @@ class Trainer:
             self.ema = torch.optim.swa_utils.AveragedModel(unwrap_model(self.raw_model),
                                                            multi_avg_fn=self._ema_update, use_buffers=True)
         self._ema_cfg = (cfg.ema_decay or 0.0, cfg.ema_warmup)
-        stage_step, start_epoch, skip_batches, pending_eval = 0, 0, 0, None
+        state = TrainState(stage=stage, cfg=cfg, epochs=epochs, optimizer=optimizer, scheduler=scheduler,
+                           scaler=scaler, batches_per_epoch=batches_per_epoch, total_steps=total_steps)
+        pending_eval = None
         if resume is not None:
             load_resume_optimizer(resume, self.raw_model, optimizer)
             scheduler.load_state_dict(resume["scheduler"])
@@ -326,14 +406,17 @@ class Trainer:
             if self.ema is not None and resume.get("ema") is not None:
                 self.ema.load_state_dict(resume["ema"])
                 self._ema_steps = int(self.ema.n_averaged)
-            skip_batches = self._check_resume_shape(resume, cfg, stage)
-            stage_step, start_epoch = resume["stage_step"], resume["epoch"]
+            state.batch_in_epoch = self._check_resume_shape(resume, cfg, stage)
+            state.stage_step, state.epoch = resume["stage_step"], resume["epoch"]
+            state.train_loss_sum, state.train_loss_n = resume.get("train_loss", (0.0, 0))
             pending_eval = resume.get("pending_eval")  # an evaluation a stop signal cut short
             self.micro_split = resume.get("micro_split", 1)
             set_rng_state(resume["rng"])
             _log_stage_config_changes(resume.get("stage_config"), cfg, stage)
         else:
             seed_everything(cfg.seed + self.global_step)
+        self.state = state
+        start_epoch, skip_batches = state.epoch, state.batch_in_epoch
 
         prev_handlers = self._install_signal_handlers()  # before the "stage" line: a signal after it is handled
         # config.yaml stays the run's base configuration (what --resume rebuilds the stages from); this
@@ -344,77 +427,77 @@ class Trainer:
         self._resume = None
         profiler = (StepProfiler(self.run_dir / "profile", active=cfg.profile_steps)
                     if cfg.profile and is_main_process() else None)
-        ctx: dict[str, Any] = dict(optimizer=optimizer, scheduler=scheduler, scaler=scaler, cfg=cfg)
-        bar = tqdm(total=total_steps, initial=stage_step, desc=stage, disable=None if is_main_process() else True,
-                   dynamic_ncols=True, leave=False)
-        train_loss_sum, train_loss_n = (resume or {}).get("train_loss", (0.0, 0))
+        bar = tqdm(total=total_steps, initial=state.stage_step, desc=stage,
+                   disable=None if is_main_process() else True, dynamic_ncols=True, leave=False)
+        update_hooks = self._hooks["on_update_end"]
         try:
+            for cb in self._hooks["on_stage_start"]:
+                cb.on_stage_start(self, state)
             if pending_eval and val_loader is not None:  # redo the evaluation a stop signal cut short
-                self.epoch = start_epoch
-                self._evaluate_or_interrupt(val_loader, ctx, stage_step, start_epoch, skip_batches, pending_eval)
+                self._evaluate_or_interrupt(val_loader, state, pending_eval)
                 if pending_eval == "epoch" and (self.should_stop or start_epoch == epochs):
                     self.completed_stages.append(stage)
                 elif self.should_stop:  # early stopping at a step-based evaluation
                     self.completed_stages.append(stage)
-                self._save_last(ctx, stage_step, start_epoch, skip_batches)
+                self._save_last(state)
                 if stage in self.completed_stages:
                     return self._finish(cfg, completed=True)
-            if cfg.max_steps is not None and stage_step >= cfg.max_steps:
+            if cfg.max_steps is not None and state.stage_step >= cfg.max_steps:
                 log.info("--max-steps %d already reached; nothing to do", cfg.max_steps)
                 return self._finish(cfg, completed=False)
             for epoch in range(start_epoch, epochs):
-                self.epoch = epoch
-                batch_in_epoch = skip_batches if epoch == start_epoch else 0
+                state.epoch = epoch
+                state.batch_in_epoch = skip_batches if epoch == start_epoch else 0
                 if sampler is not None:
                     sampler.set_epoch(epoch)
-                    sampler.skip(batch_in_epoch * (train_loader.batch_size or cfg.batch_size))
+                    sampler.skip(state.batch_in_epoch * (train_loader.batch_size or cfg.batch_size))
                 batches = iter(train_loader)
-                if sampler is None and batch_in_epoch:  # plain loader: fast-forward (not exact)
-                    for _ in range(batch_in_epoch):
+                if sampler is None and state.batch_in_epoch:  # plain loader: fast-forward (not exact)
+                    for _ in range(state.batch_in_epoch):
                         next(batches)
                 self.model.train()
-                for window, data_time in self._windows(batches, accum, batches_per_epoch - batch_in_epoch):
+                for window, data_time in self._windows(batches, accum, batches_per_epoch - state.batch_in_epoch):
                     t_step = time.perf_counter()
                     loss = self._optimizer_step(window, optimizer, scaler, cfg)
                     scheduler.step()
                     if self.ema is not None:
                         self.ema.update_parameters(unwrap_model(self.raw_model))
                         self._ema_steps += 1
-                    stage_step += 1
+                    state.stage_step += 1
                     self.global_step += 1
-                    batch_in_epoch += len(window)
+                    state.batch_in_epoch += len(window)
                     self.strategy.after_step(self.global_step)
                     n = sum(batch_size_of(b) for b in window) * self.world_size
                     self._stats["samples"] += n
                     self._stats["data_time"] += data_time
                     self._stats["train_time"] += data_time + time.perf_counter() - t_step
                     if math.isfinite(loss):  # a skipped bad update (--max-bad-steps) has no loss to log
-                        train_loss_sum, train_loss_n = train_loss_sum + loss, train_loss_n + 1
-                    ctx["train_loss"] = (train_loss_sum, train_loss_n)
-                    for cb in self.callbacks:  # before this step's evaluation and last.pt
-                        cb.on_update_end(self)
+                        state.train_loss_sum += loss
+                        state.train_loss_n += 1
+                    for cb in update_hooks:  # before this step's evaluation and last.pt
+                        cb.on_update_end(self, state, loss)
                     bar.update(1)
-                    if stage_step % cfg.log_every_steps == 0:
+                    if state.stage_step % cfg.log_every_steps == 0:
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
                         self.logger.scalar("train/loss_step", loss, self.global_step)
                         self.logger.scalar("train/lr", scheduler.get_last_lr()[0], self.global_step)
                     if profiler is not None and profiler.step():
                         profiler = None
-                    if cfg.eval_every_steps and stage_step % cfg.eval_every_steps == 0 and val_loader is not None:
-                        self._log_train(train_loss_sum, train_loss_n, scheduler)
-                        train_loss_sum, train_loss_n = 0.0, 0
-                        ctx["train_loss"] = (0.0, 0)
-                        self._evaluate_or_interrupt(val_loader, ctx, stage_step, epoch, batch_in_epoch, "step")
+                    if cfg.eval_every_steps and state.stage_step % cfg.eval_every_steps == 0 \
+                            and val_loader is not None:
+                        self._log_train(state)
+                        self._evaluate_or_interrupt(val_loader, state, "step")
                         self.model.train()
                     stop_signal = self._agreed_stop if self.distributed else self._stop_signal
-                    stop_now = ((cfg.max_steps is not None and stage_step >= cfg.max_steps) or stop_signal
+                    stop_now = ((cfg.max_steps is not None and state.stage_step >= cfg.max_steps) or stop_signal
                                 or self.should_stop)
-                    if stop_now or (cfg.checkpoint_every_steps and stage_step % cfg.checkpoint_every_steps == 0):
-                        self._save_last(ctx, stage_step, epoch, batch_in_epoch)
+                    if stop_now or (cfg.checkpoint_every_steps
+                                    and state.stage_step % cfg.checkpoint_every_steps == 0):
+                        self._save_last(state)
                     if stop_now:
                         if self.should_stop:  # early stopping from a step-based evaluation
                             self.completed_stages.append(stage)
-                            self._save_last(ctx, stage_step, epoch, batch_in_epoch)
+                            self._save_last(state)
                             return self._finish(cfg, completed=True)
                         summary = self._finish(cfg, completed=False)
                         if stop_signal:
@@ -422,18 +505,18 @@ class Trainer:
                         log.info("stopping at optimizer step %d (--max-steps %d); resume with --resume %s",
                                  self.global_step, cfg.max_steps, self.run_dir)
                         return summary
-                self.epoch = epoch + 1
-                if train_loss_n:
-                    self._log_train(train_loss_sum, train_loss_n, scheduler)
-                    train_loss_sum, train_loss_n = 0.0, 0
-                    ctx["train_loss"] = (0.0, 0)
+                state.epoch, state.batch_in_epoch = epoch + 1, 0
+                if state.train_loss_n:
+                    self._log_train(state)
                 last = next((r for r in reversed(self.history) if r["split"] != UPDATE_SPLIT), None)
                 evaluated_now = last is not None and last["split"] != "train" and last["step"] == self.global_step
                 if val_loader is not None and (epoch + 1) % cfg.eval_every_epochs == 0 and not evaluated_now:
-                    self._evaluate_or_interrupt(val_loader, ctx, stage_step, epoch + 1, 0, "epoch")
+                    self._evaluate_or_interrupt(val_loader, state, "epoch")
+                for cb in self._hooks["on_epoch_end"]:
+                    cb.on_epoch_end(self, state)
                 if self.should_stop or epoch + 1 == epochs:
                     self.completed_stages.append(stage)
-                self._save_last(ctx, stage_step, epoch + 1, 0)
+                self._save_last(state)
                 if self.should_stop:
                     break
                 stop_signal = self._agree_stop()  # a signal after the epoch's last update
@@ -523,16 +606,22 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.strategy.device)
         micro = [m for b in window for m in split_batch(b, self.micro_split)]
+        batch_hooks = self._hooks["on_train_batch_end"]
         try:
             for i, mb in enumerate(micro):
                 mb = self.strategy.to_device(mb)
                 sync = i == len(micro) - 1
                 with no_sync(self.model, skip=self.distributed and not sync):
                     with self.strategy.autocast():
-                        loss = _as_outputs(self.training_step(self.model, mb))["loss"]
-                    weighted = loss.float() * (batch_size_of(mb) / total)
+                        out = _as_outputs(self.training_step(self.model, mb))
+                    weighted = out["loss"].float() * (batch_size_of(mb) / total)
                     scaler.scale(weighted).backward()
                 loss_sum += weighted.detach()
+                if batch_hooks:
+                    out = map_tensors(out, torch.Tensor.detach)
+                    for cb in batch_hooks:
+                        cb.on_train_batch_end(self, self.state, out)
+                out = None  # no tensor of this micro-batch outlives its backward
         except Exception as exc:
             if not self.strategy.is_oom(exc):
                 raise
@@ -643,10 +732,12 @@ class Trainer:
         self.history.append(row)
         self.logger.log_metrics(row)
 
-    def _log_train(self, loss_sum: float, n: int, scheduler) -> None:
+    def _log_train(self, state: TrainState) -> None:
+        """Log the mean update loss since the last train row (a ``train`` row) and reset the sums."""
         row = {"epoch": self.epoch, "step": self.global_step, "stage": self.stage, "split": "train",
-               "loss": loss_sum / max(1, n), "lr": scheduler.get_last_lr()[0],
+               "loss": state.train_loss_sum / max(1, state.train_loss_n), "lr": state.scheduler.get_last_lr()[0],
                "time": round(time.perf_counter() - self._t0, 3)}
+        state.train_loss_sum, state.train_loss_n = 0.0, 0
         self.history.append(row)
         self.logger.log_metrics(row)
 
@@ -764,35 +855,37 @@ class Trainer:
             link_alias(path, path.with_name(self.checkpoint_aliases[name]))
         return path
 
-    def _save_last(self, ctx: dict[str, Any], stage_step: int, epoch: int, batch_in_epoch: int, *,
-                   rng: dict[str, Any] | None = None, pending_eval: str | None = None) -> None:
+    def _save_last(self, ts: TrainState, *, rng: dict[str, Any] | None = None,
+                   pending_eval: str | None = None) -> None:
+        """Write ``checkpoints/last.pt`` (``last.dcp/`` under FSDP) at the position ``ts`` says (+ the
+        ``--keep-last`` step copy)."""
         if not is_main_process() and not self.sharded:
             return
         state = {
-            "scheduler": ctx["scheduler"].state_dict(),
-            "scaler": ctx["scaler"].state_dict(),
+            "scheduler": ts.scheduler.state_dict(),
+            "scaler": ts.scaler.state_dict(),
             "weights": "raw",  # "model" holds the raw weights; "ema" the EMA (AveragedModel state) if on
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "world_size": self.world_size,
-            "batch_size": ctx["cfg"].batch_size,
-            "accum_steps": ctx["cfg"].accum_steps,
+            "batch_size": ts.cfg.batch_size,
+            "accum_steps": ts.cfg.accum_steps,
             "stage": self.stage,
             "completed_stages": list(self.completed_stages),
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "stage_step": stage_step,
+            "epoch": ts.epoch,
+            "batch_in_epoch": ts.batch_in_epoch,
+            "stage_step": ts.stage_step,
             "global_step": self.global_step,
             "micro_split": self.micro_split,
             "rng": rng if rng is not None else get_rng_state(),
             "pending_eval": pending_eval,  # "step"/"epoch": the evaluation here was cut short by a signal
-            "sampler": {"epoch": epoch, "start_batch": batch_in_epoch},
+            "sampler": {"epoch": ts.epoch, "start_batch": ts.batch_in_epoch},
             "callbacks": self._callback_states(),
             "bad_steps": self.bad_steps,
             "best": self.best_checkpoint.best,
             "history": self.history,
-            "train_loss": ctx.get("train_loss", (0.0, 0)),
+            "train_loss": (ts.train_loss_sum, ts.train_loss_n),
             "config": self.config.to_dict(),  # the run's base config (= config.yaml)
-            "stage_config": ctx["cfg"].to_dict(),  # this stage's overrides applied
+            "stage_config": ts.cfg.to_dict(),  # this stage's overrides applied
             "domain": config_domain(self.config),
         }
         if self.sharded:  # every rank writes its shards: checkpoints/last.dcp (mlcore.dcp)
@@ -800,10 +893,10 @@ class Trainer:
             if not all_finite(self.raw_model):  # never a poisoned checkpoint (all ranks raise together)
                 raise NonFiniteLossError(f"not writing {self.logger.ckpt_dir / SHARDED_DIR}: the weights hold "
                                          f"NaN/inf at optimizer step {self.global_step}")
-            path = save_sharded(self.logger.ckpt_dir / SHARDED_DIR, self.raw_model, ctx["optimizer"], state)
+            path = save_sharded(self.logger.ckpt_dir / SHARDED_DIR, self.raw_model, ts.optimizer, state)
             remove_stale(self.logger.ckpt_dir, SHARDED_DIR)
         else:
-            state.update(model=model_state_dict(self.raw_model), optimizer=ctx["optimizer"].state_dict())
+            state.update(model=model_state_dict(self.raw_model), optimizer=ts.optimizer.state_dict())
             path = self._write_checkpoint(state, "last.pt")
             remove_stale(self.logger.ckpt_dir, "last.pt")
         self._last_saved = (path, self.global_step)
@@ -941,15 +1034,14 @@ class Trainer:
         self._stop_signal = self._agreed_stop = 0  # honoured: a later fit() (library use) starts afresh
         return TrainingInterrupted(signum, self.logger.ckpt_dir / "last.pt", self.global_step, self.run_dir)
 
-    def _evaluate_or_interrupt(self, loader: DataLoader, ctx: dict[str, Any], stage_step: int, epoch: int,
-                               batch_in_epoch: int, kind: str) -> None:
+    def _evaluate_or_interrupt(self, loader: DataLoader, state: TrainState, kind: str) -> None:
         """Evaluate (+ callbacks); a stop signal during it abandons it, saves ``last.pt`` marked
         ``pending_eval`` with the RNG state from before it (so the resumed run repeats it exactly)
         and raises :class:`TrainingInterrupted`."""
         rng = get_rng_state()
         if self._evaluate_and_callbacks(loader) is None:
-            self._save_last(ctx, stage_step, epoch, batch_in_epoch, rng=rng, pending_eval=kind)
-            self._finish(ctx["cfg"], completed=False)
+            self._save_last(state, rng=rng, pending_eval=kind)
+            self._finish(state.cfg, completed=False)
             raise self._interrupted(self._agreed_stop or self._stop_signal)
 
 

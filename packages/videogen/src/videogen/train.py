@@ -203,7 +203,7 @@ class UpdateLog(Callback):
         self.trainer.log_row(row)
         self.acc, self.key = {}, None
 
-    def on_update_end(self, trainer: Trainer) -> None:
+    def on_update_end(self, trainer: Trainer, state: Any, loss: float) -> None:
         self.flush()
 
 
