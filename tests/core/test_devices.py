@@ -126,6 +126,12 @@ def test_profile_writes_trace_and_table(toy, capsys):
     table = (prof / "top_ops.txt").read_text()
     assert "Self CPU" in table and "aten::" in table
     assert "aten::" in capsys.readouterr().out
+    ops = json.loads((prof / "top_ops.json").read_text())
+    assert ops["profiled_steps"] == 3
+    rows = ops["ops"]
+    assert any(r["name"] == "aten::addmm" and r["input_shapes"].startswith("[[") for r in rows), rows[:3]
+    assert [r["self_cpu_us"] for r in rows] == sorted((r["self_cpu_us"] for r in rows), reverse=True)
+    assert all(r["cpu_total_us"] >= r["self_cpu_us"] >= 0 and r["count"] >= 1 for r in rows)
     summary = json.loads((trainer.run_dir / "summary.json").read_text())
     assert summary["samples_per_s"] > 0
 
