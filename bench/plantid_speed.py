@@ -294,6 +294,10 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
 
 
+def _short(shapes: str, width: int = 60) -> str:
+    return "-" if not shapes else shapes if len(shapes) <= width else shapes[:width - 3] + "..."
+
+
 def print_profile(prof: dict[str, dict[str, Any]], alone: dict[str, Any], top: int) -> dict[str, Any]:
     a, b = prof[PROFILED[0]], prof[PROFILED[1]]
     ta, tb = per_sample_ms(a["rows"], a["samples"]), per_sample_ms(b["rows"], b["samples"])
@@ -315,7 +319,7 @@ def print_profile(prof: dict[str, dict[str, Any]], alone: dict[str, Any], top: i
     for r in rows[:min(6, top)]:
         sha, fa = top_shape(a["rows"], r["name"])
         shb, fb = top_shape(b["rows"], r["name"])
-        print(f"  {r['name'][:50]}: {sha or '-'} ({_pct(fa)}) | {shb or '-'} ({_pct(fb)})")
+        print(f"  {r['name'][:50]}: {_short(sha)} ({_pct(fa)}) | {_short(shb)} ({_pct(fb)})")
     print(f"model alone (fixed tensors, forward+backward, no loader/optimizer, {alone['threads']} threads, "
           f"median of {alone['reps']}):")
     for tag, label in (("default", "default allocator"), ("mallopt", "glibc heap kept (mallopt)")):
@@ -361,12 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model_type is None:
             args.model_type = make_config_preset_model(args.config)
         args.pretrained = args.model_type == "efficientnet_lite0"
-        index = load_index(args.data)
-        n_train = len(index.samples("train"))
-        # enough epochs for --steps updates (the cosine schedule spans them; --max-steps stops the run)
-        args.epochs = max(1, math.ceil(args.steps / max(1, n_train // EFFECTIVE_BATCH)))
+        args.epochs = 1
         with tempfile.TemporaryDirectory() as tmp:
-            make_config(args, Path(tmp) / "check", ROWS["baseline"][1])  # bad flags: one line before any work
+            cfg = make_config(args, Path(tmp) / "check", ROWS["baseline"][1])  # bad flags: one line, no work
+            index = load_index(cfg.data, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction,
+                               seed=cfg.seed, test_seed=cfg.test_seed)  # the splits plantid.train builds
+            n_train = len(index.samples("train"))
+            # enough epochs for --steps updates (the cosine schedule spans them; --max-steps stops the run)
+            args.epochs = max(1, math.ceil(args.steps / max(1, n_train // EFFECTIVE_BATCH)))
             return run(args, index.num_classes, n_train, Path(tmp))
     except (ConfigError, DataError, OSError, RuntimeError) as exc:
         print(f"plantid_speed: error: {str(exc).splitlines()[0]}", file=sys.stderr)
