@@ -39,7 +39,7 @@ On a CPU the default model is ``dinov2_tiny`` (random init) and both image sizes
 ``--size-scale`` (default 0.25: 518 -> 126 px, 448 -> 112 px, the nearest multiples of the patch
 size 14) so a run takes minutes; on a GPU use ``--model-type dinov2_small --size-scale 1``.
 
-    uv run python bench/plantid_speed.py --steps 16 --profile                 # DINOv2 speed + profile
+    uv run python bench/plantid_speed.py --steps 20 --repeats 3 --no-eval --profile --profile-steps 5
     uv run python bench/plantid_speed.py --config cpu --steps 60              # Lite0 speed + accuracy
     uv run python bench/plantid_speed.py --device cuda --model-type dinov2_small --size-scale 1 --steps 20
 """
