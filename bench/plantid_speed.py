@@ -99,8 +99,9 @@ def scaled(size: int, scale: float) -> int:
 # ---------------------------------------------------------------------------------------------- profile tables
 
 
-def per_sample_ms(rows: Iterable[Mapping[str, Any]], samples: int) -> dict[str, float]:
-    """Self CPU time per operator name in ms per sample: ``sum(self_cpu_us over shapes) / 1000 / samples``.
+def per_sample_ms(rows: Iterable[Mapping[str, Any]], samples: int, key: str = "self_cpu_us") -> dict[str, float]:
+    """Self time per operator name in ms per sample: ``sum(row[key] over shapes) / 1000 / samples``
+    (``key``: ``self_cpu_us``, or ``self_device_us`` for the GPU kernels of a CUDA run).
 
     ``rows``: :func:`mlcore.profiling.op_rows` rows (``name``, ``self_cpu_us`` in microseconds summed over
     the recorded steps; one row per name and input shapes). ``samples``: samples trained in the recorded
@@ -113,7 +114,7 @@ def per_sample_ms(rows: Iterable[Mapping[str, Any]], samples: int) -> dict[str, 
         raise ValueError(f"samples: expected >= 1, got {samples}")
     out: dict[str, float] = {}
     for r in rows:
-        out[r["name"]] = out.get(r["name"], 0.0) + r["self_cpu_us"] / 1000.0 / samples
+        out[r["name"]] = out.get(r["name"], 0.0) + r[key] / 1000.0 / samples
     return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
@@ -159,15 +160,15 @@ def profile_shares(rows: Sequence[Mapping[str, Any]], updates: int) -> dict[str,
             "optimizer_ms_per_update": opt_us / 1000.0 / max(updates, 1)}
 
 
-def top_shape(rows: Iterable[Mapping[str, Any]], name: str) -> tuple[str, float]:
-    """``(input_shapes, share)`` of the shape group of operator ``name`` with the most self CPU time
-    and its share of that operator's time (``("", 0.0)`` if the operator is absent)."""
+def top_shape(rows: Iterable[Mapping[str, Any]], name: str, key: str = "self_cpu_us") -> tuple[str, float]:
+    """``(input_shapes, share)`` of the shape group of operator ``name`` with the most self time
+    (``row[key]``) and its share of that operator's time (``("", 0.0)`` if the operator is absent)."""
     mine = [r for r in rows if r["name"] == name]
-    total = sum(r["self_cpu_us"] for r in mine)
+    total = sum(r[key] for r in mine)
     if not mine or not total:
         return "", 0.0
-    best = max(mine, key=lambda r: r["self_cpu_us"])
-    return best["input_shapes"], best["self_cpu_us"] / total
+    best = max(mine, key=lambda r: r[key])
+    return best["input_shapes"], best[key] / total
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -231,6 +232,7 @@ def profile_variant(name: str, args: argparse.Namespace, out_root: Path) -> dict
     data = json.loads((out_root / f"profile_{name}" / "profile" / "top_ops.json").read_text())
     return {"rows": data["ops"], "updates": data["profiled_steps"], "samples": data["profiled_steps"] * EFFECTIVE_BATCH,
             "micro_batch": cfg.batch_size, "accum_steps": cfg.accum_steps, "image_size": cfg.image_size,
+            "device": args.device,
             "summary_data_wait_fraction": summary["data_wait_fraction"]}
 
 
@@ -300,12 +302,13 @@ def _short(shapes: str, width: int = 60) -> str:
 
 def print_profile(prof: dict[str, dict[str, Any]], alone: dict[str, Any], top: int) -> dict[str, Any]:
     a, b = prof[PROFILED[0]], prof[PROFILED[1]]
-    ta, tb = per_sample_ms(a["rows"], a["samples"]), per_sample_ms(b["rows"], b["samples"])
+    key = "self_device_us" if a["device"].startswith("cuda") else "self_cpu_us"  # GPU: kernel time
+    ta, tb = per_sample_ms(a["rows"], a["samples"], key), per_sample_ms(b["rows"], b["samples"], key)
     rows = compare_ops(ta, tb, top)
     sa, sb = profile_shares(a["rows"], a["updates"]), profile_shares(b["rows"], b["updates"])
     print(f"\nprofile: 32 x 1 vs 16 x 2 at {a['image_size']} px, torchvision augmentation in the workers "
           f"(rows baseline, microbatch), {a['updates']} recorded updates x {EFFECTIVE_BATCH} samples each; "
-          "self CPU time of the training process per operator, ms/sample")
+          f"self {'GPU kernel' if key == 'self_device_us' else 'CPU'} time per operator (training process), ms/sample")
     print(f"{'operator':<58}{'32x1':>9}{'16x2':>9}{'16x2/32x1':>11}{'share of diff':>15}")
     for r in rows:
         print(f"{r['name'][:57]:<58}{r['a']:>9.3f}{r['b']:>9.3f}{r['ratio']:>10.2f}x{_pct(r['diff_share']):>15}")
@@ -317,8 +320,8 @@ def print_profile(prof: dict[str, dict[str, Any]], alone: dict[str, Any], top: i
           f"{sa['optimizer_ms_per_update']:>9.2f}{sb['optimizer_ms_per_update']:>9.2f}")
     print("shapes carrying the most time of the top operators (32x1 | 16x2):")
     for r in rows[:min(6, top)]:
-        sha, fa = top_shape(a["rows"], r["name"])
-        shb, fb = top_shape(b["rows"], r["name"])
+        sha, fa = top_shape(a["rows"], r["name"], key)
+        shb, fb = top_shape(b["rows"], r["name"], key)
         print(f"  {r['name'][:50]}: {_short(sha)} ({_pct(fa)}) | {_short(shb)} ({_pct(fb)})")
     print(f"model alone (fixed tensors, forward+backward, no loader/optimizer, {alone['threads']} threads, "
           f"median of {alone['reps']}):")

@@ -30,6 +30,8 @@ def test_per_sample_ms_sums_shape_groups_and_divides_by_samples(bench):
     # 8000 us / 1000 / 4 samples = 2 ms/sample; 16000 us -> 4 ms/sample; largest first
     assert bench.per_sample_ms(rows, 4) == {"aten::gelu": 4.0, "aten::addmm": 2.0}
     assert list(bench.per_sample_ms(rows, 4)) == ["aten::gelu", "aten::addmm"]
+    gpu = [{**_row("k", 0), "self_device_us": 3000.0}]  # a CUDA run compares kernel time
+    assert bench.per_sample_ms(gpu, 2, key="self_device_us") == {"k": 1.5}
     with pytest.raises(ValueError, match="samples"):
         bench.per_sample_ms(rows, 0)
 
