@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import torch
 
+from mlcore.pretrained import normalization
 from roofseg.data import RoofDataset, find_samples, load_rgb
 from roofseg.metrics import line_counts, prf, thin_lines
 from roofseg.predict import load_model, predict_tile
@@ -64,7 +65,8 @@ def main() -> None:
     model, cfg = load_model(args.checkpoint)
     size = int(cfg["image_size"])
     samples = find_samples(args.data, args.split, "lines")[: args.limit]
-    ds = RoofDataset(samples, ("outline", "lines"), size, train=False)
+    mean, std = normalization(model)
+    ds = RoofDataset(samples, ("outline", "lines"), size, train=False, mean=mean, std=std)
     tol = args.tolerance
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tol + 1, 2 * tol + 1))
     keys = ("model", "lsd_pred_roof", "hough_pred_roof", "lsd_true_roof", "lsd_whole_tile")

@@ -10,12 +10,12 @@ from PIL import Image
 
 from mlcore.pretrained import (
     EFFICIENTNET_LITE0_SMP_ENCODER,
-    data_config,
     efficientnet_lite0,
     efficientnet_lite0_imagenet_state_dict,
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0_encoder,
     map_state_dict_in_order,
+    resolve_data_config,
 )
 from tests.conftest import require_data
 
@@ -101,14 +101,15 @@ _IMAGENET_CLASSES = {("food101_sample", "food-101", "images", "hot_dog"): (934, 
 def test_efficientnet_lite0_with_its_own_data_config_scores_imagenet_photos():
     """Issue 17's bar: top-1 >= 0.5 on the 45 photos with the model's own preprocessing (today's
     efficientnet_lite0 + ImageNet mean/std scored 0.22; tf_efficientnet_lite0 + 0.498/0.502 0.58)."""
-    from timm.data import create_transform, resolve_data_config
+    from timm.data import create_transform
+    from timm.data import resolve_data_config as timm_resolve_data_config
 
     model = efficientnet_lite0().eval()
     assert model.pretrained_cfg["architecture"] == "tf_efficientnet_lite0"
-    cfg = data_config(model)
+    cfg = resolve_data_config(model)
     assert cfg["mean"] == pytest.approx((127 / 255,) * 3) and cfg["std"] == pytest.approx((128 / 255,) * 3)
-    assert (cfg["size"], cfg["interpolation"], cfg["crop_pct"]) == (224, "bicubic", pytest.approx(0.875))
-    transform = create_transform(**resolve_data_config(model=model))
+    assert (cfg["input_size"], cfg["interpolation"], cfg["crop_pct"]) == ((3, 224, 224), "bicubic", pytest.approx(0.875))
+    transform = create_transform(**timm_resolve_data_config(model=model))
     images, labels = [], []
     for parts, (label, limit) in _IMAGENET_CLASSES.items():
         photos = sorted(require_data(*parts).glob("*.jpg"))[:limit]
@@ -132,9 +133,30 @@ def test_efficientnet_lite0_heads_and_smp_encoder():
     unet = smp.Unet(EFFICIENTNET_LITE0_SMP_ENCODER, encoder_weights=None, classes=1)
     load_efficientnet_lite0_encoder(unet.encoder)
     assert torch.equal(unet.encoder.model.conv_stem.weight, ref.conv_stem.weight)
-    assert data_config(unet)["mean"] == pytest.approx((127 / 255,) * 3)
+    assert resolve_data_config(unet)["mean"] == pytest.approx((127 / 255,) * 3)
     with pytest.raises(RuntimeError, match="encoder tensors got no value"):
         load_efficientnet_lite0_encoder(smp.Unet("resnet18", encoder_weights=None).encoder)
+
+
+def test_one_data_config_for_every_model_including_ones_without_a_pretrained_cfg():
+    """mlcore.pretrained.resolve_data_config is the one function (mlcore.vision re-exports it): smp's
+    torchvision encoders carry no pretrained_cfg and get ImageNet's (their weights' convention); a
+    tf_efficientnet_lite0 rebuilt without weights still resolves the offline weights' config."""
+    import segmentation_models_pytorch as smp
+
+    import mlcore.vision
+    from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
+    from mlcore.pretrained import EFFICIENTNET_LITE0_CFG, attach_efficientnet_lite0_cfg, normalization
+
+    assert mlcore.vision.resolve_data_config is resolve_data_config
+    with torch.device("meta"):
+        mobilenet = smp.Unet("mobilenet_v2", encoder_weights=None, classes=1)
+        lite0 = smp.Unet(EFFICIENTNET_LITE0_SMP_ENCODER, encoder_weights=None, classes=1)
+    cfg = resolve_data_config(mobilenet, 384)
+    assert cfg["input_size"] == (3, 384, 384) and (cfg["mean"], cfg["std"]) == (IMAGENET_MEAN, IMAGENET_STD)
+    attach_efficientnet_lite0_cfg(lite0.encoder.model)
+    assert normalization(lite0) == (EFFICIENTNET_LITE0_CFG["mean"], EFFICIENTNET_LITE0_CFG["std"])
+    assert efficientnet_lite0(pretrained=False).pretrained_cfg["mean"] == pytest.approx((127 / 255,) * 3)
 
 
 def test_mlcore_does_not_import_timm_and_names_it_when_missing(monkeypatch):

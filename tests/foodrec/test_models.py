@@ -106,3 +106,14 @@ def test_freeze_and_unfreeze_backbone():
     assert not model.backbone.training
     with pytest.raises(TypeError, match="FoodClassifier"):
         freeze_backbone(nn.Linear(2, 2), True)
+
+
+def test_lite0_rebuilt_for_a_checkpoint_resolves_the_training_preprocessing():
+    """Issue 17: foodrec-eval/-predict rebuild the model without weights; Lite0 then carried timm's own
+    config (mean/std 0.5, crop 0.882) while training used the offline weights' (127/128, crop 0.875)."""
+    from mlcore.pretrained import resolve_data_config
+
+    trained = resolve_data_config(build_model("efficientnet_lite0", num_classes=3, pretrained="offline"), 224)
+    rebuilt = resolve_data_config(build_model("efficientnet_lite0", num_classes=3, pretrained=None), 224)
+    assert rebuilt == trained
+    assert trained["mean"] == pytest.approx((127 / 255,) * 3) and trained["crop_pct"] == pytest.approx(0.875)

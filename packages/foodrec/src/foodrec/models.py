@@ -10,7 +10,9 @@ Backbones (the seed's table; parameter counts with the 101-class head):
 
 Head: ``Dropout(drop_rate) -> Linear(F, 512) -> ReLU -> Linear(512, 256) -> ReLU -> Linear(256, C)``.
 
-Input ``(N, 3, S, S)`` float32, ImageNet-normalised RGB; output ``(N, C)`` float32 logits.
+Input ``(N, 3, S, S)`` float32 RGB normalised with the backbone's own data config
+(:func:`mlcore.pretrained.resolve_data_config`: TF-Lite's 127/128 for EfficientNet-Lite0, ImageNet's for
+the hub backbones); output ``(N, C)`` float32 logits.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from mlcore.modules import FrozenPartsModule, set_frozen_parts
 from mlcore.modules import count_parameters as param_count  # noqa: F401  (re-exported)
-from mlcore.pretrained import EFFICIENTNET_LITE0_ARCH, efficientnet_lite0
+from mlcore.pretrained import EFFICIENTNET_LITE0_ARCH, attach_efficientnet_lite0_cfg, efficientnet_lite0
 
 BACKBONES: tuple[str, ...] = ("efficientnet_b3", "efficientnet_b0", "efficientnet_b4", "resnet50", "efficientnet_lite0")
 """Supported timm backbone names, the seed's first."""
@@ -44,7 +46,7 @@ class FoodClassifier(FrozenPartsModule):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, 3, S, S)`` float32 ImageNet-normalised -> ``(N, C)`` float32 logits."""
+        """``(N, 3, S, S)`` float32 normalised (the backbone's data config) -> ``(N, C)`` float32 logits."""
         return self.head(self.backbone(x))
 
 
@@ -67,7 +69,8 @@ def build_model(
             pre-classifier dropout is off, so dropout is applied once.
 
     Returns:
-        :class:`FoodClassifier` mapping ``(N, 3, S, S)`` float32 (ImageNet-normalised) to ``(N, C)`` logits.
+        :class:`FoodClassifier` mapping ``(N, 3, S, S)`` float32 (normalised as
+        ``mlcore.pretrained.resolve_data_config(model)`` says) to ``(N, C)`` logits.
 
     Raises:
         ValueError: unknown backbone or pretrained, ``"offline"`` with another backbone, ``num_classes < 1``
@@ -97,6 +100,9 @@ def build_model(
         ) from exc
     if pretrained == "offline":
         body = efficientnet_lite0(num_classes=0)  # no classifier; every other tensor loaded
+    elif backbone == "efficientnet_lite0" and pretrained is None:
+        # random init or rebuilt to load a checkpoint: the offline weights' data config, as in training
+        attach_efficientnet_lite0_cfg(body, 0)
 
     features = body.num_features
     head = nn.Sequential(

@@ -32,6 +32,7 @@ from mlcore.pretrained import (
     EFFICIENTNET_LITE0_SMP_ENCODER,
     TF_LITE_MEAN,
     TF_LITE_STD,
+    attach_efficientnet_lite0_cfg,
     efficientnet_lite0_imagenet_state_dict,
     efficientnet_lite0_weights_path,
     load_efficientnet_lite0_encoder,
@@ -167,6 +168,9 @@ def build_model(
     model.block_classes = block_classes()
     if encoder_weights == "offline":
         load_efficientnet_lite0_offline(model.encoder)
+    elif encoder == "efficientnet-lite0" and encoder_weights is None:
+        # random init or rebuilt for a checkpoint: the offline weights' data config (= normalization())
+        attach_efficientnet_lite0_cfg(model.encoder.model)
     if weights is not None:
         load_weights(model, weights)
     if freeze_encoder:
@@ -197,7 +201,8 @@ def normalization(encoder: str) -> tuple[tuple[float, float, float], tuple[float
     ``"efficientnet-lite0"``: TF-Lite's input scaling, mean 127/255 and std 128/255 per channel (the weights'
     own ``pretrained_cfg``, :data:`mlcore.pretrained.TF_LITE_MEAN`); ``"mobilenet_v2"`` and ``"resnet34"``
     (torchvision ImageNet weights through smp): ImageNet mean/std. Training, evaluation, prediction and the
-    exported files' metadata all use this, so it is a function of the encoder alone.
+    exported files' metadata all use this, so it is a function of the encoder alone; it equals
+    :func:`mlcore.pretrained.normalization` of the built model (its data config; a test keeps the two equal).
 
     Raises:
         ValueError: unknown encoder.

@@ -22,6 +22,7 @@ from mlcore.checkpoint import load_checkpoint
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from mlcore.devices import build_strategy
+from mlcore.pretrained import normalization
 from mlcore.runlog import write_json_atomic
 from mlcore.trainer import evaluate_model
 from roofseg.agreement import agreement, format_table
@@ -62,11 +63,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
                            rid_split_fold=int(cfg.get("rid_split_fold", 1)))
     if limit:
         samples = samples[:limit]
-    ds = RoofDataset(samples, heads, eval_image_size(int(cfg.get("image_size", 512)), cfg.get("crop_size")),
-                     train=False, sectors=sectors,
-                     line_width=int(cfg.get("line_width", 3)))
     model = RoofNet(heads, cfg.get("encoder", "efficientnet-lite0"), None, sectors)
     model.load_state_dict(ckpt["model"])
+    mean, std = normalization(model)  # the encoder's data config, as in training
+    ds = RoofDataset(samples, heads, eval_image_size(int(cfg.get("image_size", 512)), cfg.get("crop_size")),
+                     train=False, sectors=sectors, line_width=int(cfg.get("line_width", 3)), mean=mean, std=std)
     strategy = build_strategy(device, "fp32")
     model = strategy.prepare_model(model)
     weights = {h: float(cfg.get(f"w_{h}", 1.0)) for h in heads}

@@ -9,7 +9,8 @@ Heads and their output channels:
 - ``segments``: K + 2 logits (K azimuth sectors, flat, background);
 - ``lines``: 3 logits (inner-line map, eave map, junction heatmap).
 
-Input ``(N, 3, H, W)`` float32 ImageNet-normalised, H and W multiples of 32; output
+Input ``(N, 3, H, W)`` float32 normalised with the encoder's data config
+(:func:`mlcore.pretrained.normalization`: TF-Lite's 127/128 for EfficientNet-Lite0, ImageNet's for ResNet34/MobileNetV2), H and W multiples of 32; output
 ``{head: (N, C_head, H, W) float32 logits}``.
 
 Encoders: ``efficientnet-lite0`` (timm's ``efficientnet_lite0`` via smp's ``tu-`` encoders; the
@@ -29,7 +30,11 @@ import torch
 from segmentation_models_pytorch.base import SegmentationHead
 
 from mlcore.checkpoint import CheckpointError, load_checkpoint
-from mlcore.pretrained import EFFICIENTNET_LITE0_SMP_ENCODER, load_efficientnet_lite0_encoder
+from mlcore.pretrained import (
+    EFFICIENTNET_LITE0_SMP_ENCODER,
+    attach_efficientnet_lite0_cfg,
+    load_efficientnet_lite0_encoder,
+)
 
 log = logging.getLogger("roofseg.models")
 
@@ -87,6 +92,10 @@ class RoofNet(torch.nn.Module):
             {h: SegmentationHead(dec_out, head_channels(h, sectors), kernel_size=3) for h in heads})
         if encoder_weights == "offline":
             load_efficientnet_lite0_offline(self.encoder)
+        elif encoder == "efficientnet-lite0" and encoder_weights is None:
+            # random init or rebuilt to load a checkpoint: the offline weights' data config, as in training
+            attach_efficientnet_lite0_cfg(self.encoder.model)
+
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(N, 3, H, W)`` -> ``{head: (N, C, H, W)}`` logits."""

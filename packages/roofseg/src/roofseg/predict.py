@@ -53,7 +53,7 @@ import mlcore  # noqa: F401
 from mlcore.checkpoint import load_checkpoint
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
-from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
+from mlcore.pretrained import normalization
 from roofseg.data import DataError, load_rgb
 from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, load_footprints, segment_classes
 from roofseg.data.sources import TASK_HEADS
@@ -157,7 +157,8 @@ def _window_starts(length: int, window: int, stride: int) -> list[int]:
 def _forward(model: torch.nn.Module, image: np.ndarray, image_size: int, out_hw: tuple[int, int],
              device) -> dict[str, torch.Tensor]:
     x = cv2.resize(image, (image_size, image_size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    mean, std = normalization(model)  # the encoder's data config, as in training
+    x = (x - np.array(mean, np.float32)) / np.array(std, np.float32)
     t = torch.from_numpy(x.transpose(2, 0, 1)).unsqueeze(0).to(device)
     out = {}
     for head, logits in model(t).items():

@@ -21,6 +21,7 @@ import mlcore  # noqa: F401  (allocator environment before torch initialises a d
 from mlcore import Trainer, make_loader
 from mlcore.checkpoint import load_checkpoint
 from mlcore.cli import train_main
+from mlcore.pretrained import normalization
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
 from mlcore.trainer import evaluate_model
@@ -102,7 +103,9 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
         log.warning("heads without any labelled training sample (not emitted by roofseg-predict): %s",
                     ", ".join(h for h in heads if h not in trained))
     cfg.trained_heads = ",".join(trained)
-    ds_kw = dict(sectors=cfg.sectors, line_width=cfg.line_width)
+    model = build_model(cfg, resume=bool(cfg.resume))
+    mean, std = normalization(model)  # the encoder's data config (issue 17), not ImageNet's constants
+    ds_kw = dict(sectors=cfg.sectors, line_width=cfg.line_width, mean=mean, std=std)
     train_ds = RoofDataset(train_samples, heads, cfg.image_size, train=True, crop_size=cfg.crop_size,
                            superstructure_crops=cfg.superstructure_crops, **ds_kw)
     val_ds = RoofDataset(val_samples, heads, cfg.eval_image_size(), train=False, **ds_kw)
@@ -115,7 +118,6 @@ def train(cfg: RoofSegConfig) -> dict[str, Any]:
                                **loader_kw)
     val_loader = make_loader(val_ds, batch_size=cfg.batch_size, shuffle=False, **loader_kw)
 
-    model = build_model(cfg, resume=bool(cfg.resume))
     step = make_step(RoofLoss(cfg.loss_weights(), line_pos_weight=cfg.line_pos_weight,
                               superstructure_class_weights=cfg.sup_weights(),
                               superstructure_focal_gamma=cfg.sup_focal_gamma))
@@ -188,8 +190,9 @@ def evaluate_test(cfg: RoofSegConfig, trainer: Trainer, step, test_samples) -> d
         ckpt_path = resolve_resume_path(trainer.run_dir)
         load_resume_state(ckpt_path, model, expect_domain="roofseg")
     model = trainer.strategy.prepare_model(model)
+    mean, std = normalization(model)
     ds = RoofDataset(test_samples, cfg.heads(), cfg.eval_image_size(), train=False, sectors=cfg.sectors,
-                     line_width=cfg.line_width)
+                     line_width=cfg.line_width, mean=mean, std=std)
     loader = make_loader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0)
     metrics = evaluate_model(model, loader, step, [RoofMetrics(cfg.heads(), cfg.sectors, cfg.tolerance)],
                              trainer.strategy, desc="test")

@@ -2,7 +2,7 @@
 
 timm records how its weights were trained in ``model.pretrained_cfg`` and
 ``timm.data.resolve_data_config`` turns it into ``{"input_size", "interpolation", "mean", "std", "crop_pct",
-"crop_mode"}``; ``timm.data.create_transform(**cfg)`` then resizes the shorter side to
+"crop_mode"}`` (:func:`mlcore.pretrained.resolve_data_config`); ``timm.data.create_transform(**cfg)`` then resizes the shorter side to
 ``floor(S / crop_pct)`` (bicubic for most weights) and centre-crops ``S x S``. :func:`eval_transform`
 is that pipeline with ``torchvision.transforms.v2`` on the decoded ``uint8`` tensors this toolkit's
 datasets deliver (what timm does on PIL images, within resampling round-off).
@@ -18,42 +18,16 @@ import torch
 from torch import nn
 from torchvision.transforms import InterpolationMode, v2
 
-from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
+from mlcore.pretrained import DEFAULT_DATA_CONFIG, find_pretrained_cfg, resolve_data_config
+
+__all__ = ["DEFAULT_DATA_CONFIG", "TTA_MODES", "TTAClassifier", "eval_transform", "find_pretrained_cfg",
+           "resolve_data_config", "with_tta"]
 
 TTA_MODES = ("none", "flip", "five-crop")
 """``--tta`` choices: none; the image and its horizontal mirror; four corner crops and the centre crop."""
 
-DEFAULT_DATA_CONFIG: dict[str, Any] = {"interpolation": "bicubic", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                                       "crop_pct": 0.875, "crop_mode": "center"}
-"""For models without a pretrained config: timm's ImageNet defaults."""
-
-
-def find_pretrained_cfg(model: nn.Module) -> dict[str, Any] | None:
-    """``pretrained_cfg`` of ``model`` or of its first submodule that has one (a timm backbone inside a
-    domain classifier), else ``None``."""
-    for module in model.modules():
-        cfg = getattr(module, "pretrained_cfg", None)
-        if isinstance(cfg, Mapping) and cfg:
-            return dict(cfg)
-    return None
-
-
-def resolve_data_config(model: nn.Module, image_size: int) -> dict[str, Any]:
-    """The evaluation preprocessing of ``model`` at ``image_size`` px, as timm resolves it.
-
-    Returns ``{"input_size": (3, S, S), "interpolation", "mean", "std", "crop_pct", "crop_mode"}`` from
-    ``timm.data.resolve_data_config(pretrained_cfg=...)`` with the model's (or its backbone's)
-    ``pretrained_cfg`` and ``input_size`` set to ``image_size``; :data:`DEFAULT_DATA_CONFIG` when the model
-    has none. Mean/std are tuples of 3 floats on the 0-1 scale.
-    """
-    import timm.data
-
-    pretrained = find_pretrained_cfg(model)
-    args = {"input_size": (3, int(image_size), int(image_size))}
-    if pretrained is None:
-        return {**DEFAULT_DATA_CONFIG, **args}
-    cfg = timm.data.resolve_data_config(args, pretrained_cfg=pretrained)
-    return {k: cfg[k] for k in ("input_size", *DEFAULT_DATA_CONFIG)}
+# resolve_data_config (the model's data config) lives in mlcore.pretrained, next to the weights whose
+# configs it reads; re-exported here for the toolkit's callers.
 
 
 def _interp(name: str) -> InterpolationMode:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from mlcore.data import IMAGENET_MEAN, IMAGENET_STD
+from mlcore.pretrained import EFFICIENTNET_LITE0_CFG
 from roofseg.data.lines import parse_graph, render_targets
 from roofseg.data.rid import SUPERSTRUCTURE_CLASSES, DataError, SegmentRasterizer
 from roofseg.data.sources import RoofSample
@@ -202,7 +202,7 @@ class RoofDataset(Dataset):
 
     Each item is a dict of tensors (S = ``image_size``):
 
-    - ``image``: ``(3, S, S)`` float32, ImageNet-normalised RGB;
+    - ``image``: ``(3, S, S)`` float32 RGB, ``(x / 255 - mean) / std`` with the model's ``mean``/``std``;
     - ``outline``: ``(1, S, S)`` float32 {0, 1} (roof);
     - ``superstructures``: ``(S, S)`` int64, RID classes 0..8 (8 background), 255 ignored;
     - ``segments``: ``(S, S)`` int64, 0..K-1 azimuth sectors, K flat, K+1 background, 255 ignored;
@@ -225,11 +225,17 @@ class RoofDataset(Dataset):
         superstructure_crops: probability that a training crop is centred (+- a quarter crop) on a
             pixel of a superstructure class drawn uniformly from the classes present in the tile
             (class-balanced sampling of the rare classes).
+        mean, std: per-channel normalisation on 0-1 pixels: the model's data config
+            (``mlcore.pretrained.normalization(model)``); None: the default encoder's (EfficientNet-Lite0's
+            offline weights, :data:`mlcore.pretrained.EFFICIENTNET_LITE0_CFG`).
     """
 
     def __init__(self, samples: Sequence[RoofSample], heads: Sequence[str], image_size: int, *, train: bool,
                  sectors: int = 16, line_width: int = 3, junction_sigma: float = 2.0, crop_size: int | None = None,
-                 superstructure_crops: float = 0.0) -> None:
+                 superstructure_crops: float = 0.0, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        self.mean = np.asarray(EFFICIENTNET_LITE0_CFG["mean"] if mean is None else mean, np.float32)
+        self.std = np.asarray(EFFICIENTNET_LITE0_CFG["std"] if std is None else std, np.float32)
         self.crop_size = crop_size if train else None
         self.superstructure_crops = superstructure_crops
         self.samples = list(samples)
@@ -324,7 +330,7 @@ class RoofDataset(Dataset):
         if self.train:
             image, t = self._augment(image, t)
         x = image.astype(np.float32) / 255.0
-        x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+        x = (x - self.mean) / self.std
         item: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))}
         S = self.size
         for head in self.heads:
