@@ -63,8 +63,7 @@ TRAIN = sorted(n for n in COMMANDS if n.endswith("-train"))
 CHECKPOINT_FLAG = {n: "--checkpoint" for n in COMMANDS
                    if n.split("-", 1)[1] in ("eval", "predict", "export", "reconstruct", "generate")}
 CHECKPOINT_FLAG.update({"hairseg-eval": "--checkpoint", "hairseg-predict": "--model"})
-HAS_DEVICE = {n for n in COMMANDS if not n.endswith(("-data", "-agreement", "-export"))} - {
-    "foodrec-predict", "plantid-predict"}  # these run on the CPU and have no --device
+HAS_DEVICE = {n for n in COMMANDS if not n.endswith(("-data", "-agreement", "-export"))}
 HAS_BATCH_SIZE = set(TRAIN) | {"foodrec-eval", "plantid-eval", "roofseg-eval", "videogen-eval"}
 DATA_FOLDER = {"hairseg": "figaro1k", "foodrec": "food101_sample", "plantid": "flowers", "roofseg": "rid",
                "videogen": "videos"}

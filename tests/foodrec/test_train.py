@@ -111,6 +111,25 @@ def test_predict_top_k(two_stage_run, food_data, capsys):
     assert "/no/such.jpg: no image file" in capsys.readouterr().err
 
 
+def test_predict_device_cpu(two_stage_run, food_data, capsys, monkeypatch):
+    """Issue 17: foodrec-predict --device, as foodrec-train's: checked by mlcore's helpers, the model and
+    batches on that device's strategy; on cpu the rows equal --device auto's on this CPU-only machine."""
+    import mlcore.vision.commands as commands
+
+    asked = []
+    real = commands.build_strategy
+    monkeypatch.setattr(commands, "build_strategy", lambda device, *a, **k: asked.append(device) or real(device, *a, **k))
+    photos = [str(p) for p in sorted((food_data / "food-101" / "images").glob("*/*.jpg"))[:2]]
+    ckpt = str(two_stage_run[0] / "checkpoints" / "last.pt")
+    rows = {}
+    for device in ("cpu", "auto"):
+        assert predict_main([*photos, "--checkpoint", ckpt, "--device", device]) == 0
+        rows[device] = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert asked == ["cpu", "auto"] and rows["cpu"] == rows["auto"]
+    assert predict_main([*photos, "--checkpoint", ckpt, "--device", "gpu"]) == 2
+    assert "--device" in capsys.readouterr().err
+
+
 def test_predict_folder_to_csv_and_json_with_classes_from_the_checkpoint(two_stage_run, food_data, tmp_path,
                                                                             capsys):
     """The issue's bar: ``foodrec-predict DIR --out preds.csv`` writes one row per photo, top-5 labels and

@@ -70,6 +70,10 @@ def test_predict_top_k(run, small_flowers, capsys):
     probs = [t["probability"] for t in row["top"]]
     assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
     assert {t["label"] for t in row["top"]} <= {"daisy", "dandelion", "rose", "sunflower", "tulip"}
+    # --device as plantid-train's (mlcore's helpers): on cpu the same row as auto on this CPU-only machine
+    assert plantid_predict.main([str(img), "--checkpoint", str(run / "checkpoints" / "last.pt"), "--top-k", "3",
+                                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == row
 
 
 def test_frozen_stage_trains_only_the_head(small_flowers, tmp_path):
