@@ -119,7 +119,8 @@ def _predict_files(d: Path) -> None:
     torch.save({"model": build_hair("mobilenet_v2", None).state_dict(), "domain": "hairseg",
                 "config": {"encoder": "mobilenet_v2", "image_size": 64}}, d / "hair_tiny.pt")
     torch.save({"model": build_food("efficientnet_lite0", num_classes=2, pretrained=None).state_dict(),
-                "domain": "foodrec", "classes": ["a", "b"], "config": {"backbone": "efficientnet_lite0", "image_size": 64}},
+                "domain": "foodrec", "classes": ["a", "b"], "config": {"backbone": "efficientnet_lite0", "image_size": 64},
+                "architectures": ["tf_efficientnet_lite0"]},  # as the trainer records it (else: a warning line)
                d / "food_tiny.pt")
 
 

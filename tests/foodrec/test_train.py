@@ -111,6 +111,24 @@ def test_predict_top_k(two_stage_run, food_data, capsys):
     assert "/no/such.jpg: no image file" in capsys.readouterr().err
 
 
+def test_checkpoints_record_the_architecture_and_an_old_lite0_one_is_refused(two_stage_run, food_data, tmp_path,
+                                                                            capsys):
+    """Issue 17: a checkpoint trained with timm efficientnet_lite0 (before the switch) has the same tensor names
+    as today's tf_efficientnet_lite0: foodrec-eval/-predict/-export refuse it in one line naming both."""
+    ckpt_path = two_stage_run[0] / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    assert ckpt["architectures"] == ["tf_efficientnet_lite0"]
+    old = tmp_path / "old_lite0.pt"
+    torch.save({**ckpt, "architectures": ["efficientnet_lite0"]}, old)
+    photo = str(sorted((food_data / "food-101" / "images").glob("*/*.jpg"))[0])
+    assert predict_main([photo, "--checkpoint", str(old)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(old) in err[0], err
+    assert "trained with timm efficientnet_lite0" in err[0] and "builds tf_efficientnet_lite0" in err[0]
+    assert export_main(["--checkpoint", str(old), "--out", str(tmp_path / "x")]) == 1
+    assert "efficientnet_lite0" in capsys.readouterr().err
+
+
 def test_predict_device_cpu(two_stage_run, food_data, capsys, monkeypatch):
     """Issue 17: foodrec-predict --device, as foodrec-train's: checked by mlcore's helpers, the model and
     batches on that device's strategy; on cpu the rows equal --device auto's on this CPU-only machine."""

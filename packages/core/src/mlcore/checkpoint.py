@@ -15,6 +15,7 @@ key ``"domain"`` (see :func:`config_domain`) so a loader can pass ``expect_domai
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickletools
 import re
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+
+log = logging.getLogger("mlcore.checkpoint")
 
 
 class UserInputError(Exception):
@@ -352,6 +355,65 @@ def load_state_dict_checked(model: torch.nn.Module, state: Mapping[str, torch.Te
     model.load_state_dict(state, strict=strict)
 
 
+ARCHITECTURE_NOTES: dict[tuple[str, str], str] = {
+    ("efficientnet_lite0", "tf_efficientnet_lite0"):
+        "PyTorch padding and ImageNet mean/std vs TensorFlow 'same' padding and TF-Lite's (x - 127) / 128 "
+        "input, issue 17: the same tensor names, so the weights would load and predict wrongly",
+}
+"""(architecture a checkpoint was trained with, architecture this version builds) -> what differs."""
+
+
+def model_architectures(model: torch.nn.Module) -> list[str]:
+    """The timm architectures inside ``model``: ``pretrained_cfg["architecture"]`` of every submodule that
+    has one (a timm backbone, smp's ``tu-`` encoder), sorted, without repeats; ``[]`` for none. The trainer
+    records it in every checkpoint as ``"architectures"``."""
+    found = set()
+    for module in model.modules():
+        cfg = getattr(module, "pretrained_cfg", None)
+        if isinstance(cfg, Mapping) and isinstance(cfg.get("architecture"), str):
+            found.add(cfg["architecture"])
+    return sorted(found)
+
+
+def check_architectures(ckpt: Mapping[str, Any], model: torch.nn.Module, *, name: str = "checkpoint") -> None:
+    """Refuse (or warn about) a checkpoint trained with another timm architecture than ``model``'s.
+
+    timm's ``efficientnet_lite0`` and ``tf_efficientnet_lite0`` have the same state-dict keys and shapes, so
+    a checkpoint of the first loads into the second without an error and predicts wrongly (issue 17 moved
+    every domain to the second). Checkpoints record ``"architectures"`` (:func:`model_architectures`) since
+    then; older ones record none.
+
+    Args:
+        ckpt: a loaded checkpoint (:func:`load_checkpoint`).
+        model: the model its weights are about to be loaded into.
+        name: how the file is named in messages (``"--checkpoint runs/x/best.pt"``).
+
+    Raises:
+        CheckpointError: one line naming both architectures, when the recorded ones differ from the model's.
+
+    A checkpoint with no record, whose model holds ``tf_efficientnet_lite0``, written before checkpoints
+    said which weights they hold (no ``"weights"`` key: before the switch or within hours after it) gets
+    one warning line naming both architectures instead: it cannot be told apart.
+    """
+    built = model_architectures(model)
+    recorded = ckpt.get("architectures")
+    if isinstance(recorded, (list, tuple)):
+        recorded = sorted(str(a) for a in recorded)
+        if recorded != built:
+            extra = [a for a in recorded if a not in built]
+            missing = [a for a in built if a not in recorded]
+            notes = [ARCHITECTURE_NOTES[(a, b)] for a in extra for b in missing if (a, b) in ARCHITECTURE_NOTES]
+            raise CheckpointError(
+                f"{name}: trained with timm {', '.join(extra) or 'no timm architecture'}, but this version builds "
+                f"{', '.join(missing) or 'no timm architecture'}" + (f" ({notes[0]})" if notes else "")
+                + "; retrain it with this version")
+        return
+    if "tf_efficientnet_lite0" in built and "weights" not in ckpt:
+        log.warning("%s: records no architecture; if it was trained with timm efficientnet_lite0 (before issue 17) "
+                    "it does not fit this version's tf_efficientnet_lite0 (TensorFlow 'same' padding, TF-Lite input "
+                    "scaling) and will predict wrongly: retrain it", name)
+
+
 def load_model_weights(model: torch.nn.Module, path: str | Path, *, expect_domain: str | None = None,
                        flag: str | None = "--weights", strict: bool = True) -> dict[str, Any]:
     """Initialise ``model`` from a checkpoint or state-dict file through :func:`load_checkpoint`.
@@ -360,10 +422,12 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, *, expect_domai
         The loaded checkpoint mapping (for its ``config`` or class names).
 
     Raises:
-        CheckpointError: see :func:`load_checkpoint` and :func:`load_state_dict_checked`.
+        CheckpointError: see :func:`load_checkpoint`, :func:`check_architectures` (trained with another timm
+            architecture) and :func:`load_state_dict_checked`.
     """
     ckpt = load_checkpoint(path, expect_domain=expect_domain, flag=flag)
     name = f"{flag} {path}" if flag else str(path)
+    check_architectures(ckpt, model, name=name)
     load_state_dict_checked(model, state_dict_of(ckpt, name=name), name=name, strict=strict)
     return ckpt
 

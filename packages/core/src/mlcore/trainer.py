@@ -34,6 +34,7 @@ from mlcore.checkpoint import (
     config_domain,
     link_alias,
     link_checkpoint,
+    model_architectures,
     model_state_dict,
     prune_step_checkpoints,
     remove_checkpoint,
@@ -835,6 +836,7 @@ class Trainer:
             return None
         obj = {"model": weights if weights is not None else self._eval_weights(), "weights": "ema" if self.ema is not None else "raw",
                "config": self.config.to_dict(), "domain": config_domain(self.config),
+               "architectures": model_architectures(self.raw_model),  # timm archs (mlcore.checkpoint.check_architectures)
                "epoch": self.epoch,
                "step": self.global_step, "stage": self.stage, **(extra or {})}
         return self._write_checkpoint(obj, name)
@@ -887,6 +889,7 @@ class Trainer:
             "config": self.config.to_dict(),  # the run's base config (= config.yaml)
             "stage_config": ts.cfg.to_dict(),  # this stage's overrides applied
             "domain": config_domain(self.config),
+            "architectures": model_architectures(self.raw_model),
         }
         if self.sharded:  # every rank writes its shards: checkpoints/last.dcp (mlcore.dcp)
             broadcast_buffers(self.raw_model)

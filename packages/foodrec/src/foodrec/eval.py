@@ -12,7 +12,7 @@ import mlcore  # noqa: F401  (allocator environment variables before torch initi
 from foodrec.losses import CombinedClassificationLoss
 from foodrec.models import build_model
 from foodrec.train import make_step
-from mlcore.checkpoint import CheckpointError, load_checkpoint
+from mlcore.checkpoint import CheckpointError, check_architectures, load_checkpoint
 from mlcore.vision import LoadedClassifier, class_names, eval_main, resolve_data_config
 
 
@@ -28,6 +28,7 @@ def load_classifier(path: Path) -> LoadedClassifier:
         raise CheckpointError(f"{path}: no foodrec config (expected a checkpoint written by foodrec-train)")
     classes, labels = class_names(ckpt, path)
     model = build_model(cfg["backbone"], num_classes=len(classes), pretrained=None)
+    check_architectures(ckpt, model, name=f"--checkpoint {path}")  # e.g. efficientnet_lite0 vs tf_efficientnet_lite0
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import mlcore  # noqa: F401  (allocator environment variables before torch initialises a device)
-from mlcore.checkpoint import CheckpointError, load_checkpoint
+from mlcore.checkpoint import CheckpointError, check_architectures, load_checkpoint
 from mlcore.vision import LoadedClassifier, class_names, eval_main, resolve_data_config
 from plantid.models import PlantClassifier, build_model
 from plantid.train import make_step
@@ -37,6 +37,7 @@ def model_from_checkpoint(path: str | Path, num_classes: int | None = None) -> t
         num_classes = state[last].shape[0]
     model = build_model(cfg["model_type"], num_classes, pretrained=False, image_size=cfg.get("image_size", 448),
                         head=cfg.get("head", "linear"), dropout=cfg.get("dropout", 0.0))
+    check_architectures(ckpt, model, name=f"--checkpoint {path}")  # e.g. efficientnet_lite0 vs tf_efficientnet_lite0
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 import mlcore  # noqa: F401
 from mlcore import make_loader
-from mlcore.checkpoint import load_checkpoint
+from mlcore.checkpoint import check_architectures, load_checkpoint
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from mlcore.devices import build_strategy
@@ -64,6 +64,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     if limit:
         samples = samples[:limit]
     model = RoofNet(heads, cfg.get("encoder", "efficientnet-lite0"), None, sectors)
+    check_architectures(ckpt, model, name=f"--checkpoint {checkpoint}")  # efficientnet_lite0 vs tf_efficientnet_lite0
     model.load_state_dict(ckpt["model"])
     mean, std = normalization(model)  # the encoder's data config, as in training
     ds = RoofDataset(samples, heads, eval_image_size(int(cfg.get("image_size", 512)), cfg.get("crop_size")),

@@ -50,7 +50,7 @@ from PIL import Image
 from skimage.morphology import skeletonize
 
 import mlcore  # noqa: F401
-from mlcore.checkpoint import load_checkpoint
+from mlcore.checkpoint import check_architectures, load_checkpoint
 from mlcore.cli import ArgumentParser, run_cli
 from mlcore.config import ConfigError
 from mlcore.pretrained import normalization
@@ -85,6 +85,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[RoofNet, di
     if "task" not in cfg:
         raise DataError(f"{checkpoint}: not a roofseg checkpoint (no task in its config)")
     model = RoofNet(TASK_HEADS[cfg["task"]], cfg.get("encoder", "efficientnet-lite0"), None, cfg.get("sectors", 16))
+    check_architectures(ckpt, model, name=f"--checkpoint {checkpoint}")  # efficientnet_lite0 vs tf_efficientnet_lite0
     model.load_state_dict(ckpt["model"])
     if cfg.get("trained_heads") is not None:  # heads no training sample was labelled for are not emitted
         keep = [h for h in cfg["trained_heads"].split(",") if h]
