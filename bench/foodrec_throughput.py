@@ -33,6 +33,7 @@ import torch
 from foodrec.data import FoodDataset, load_index, train_transform
 from foodrec.losses import CombinedClassificationLoss, make_mixup
 from foodrec.models import build_model
+from mlcore.pretrained import normalization
 
 IMAGE_SIZE, BATCH, WORKERS = 224, 16, 2
 
@@ -46,9 +47,10 @@ def plain(epochs: int) -> float:
     """Images/s of a hand-written loop (batch wait + step time, as the Trainer counts it)."""
     torch.manual_seed(0)
     index = load_index(data_root(), val_fraction=0.15, seed=0)
-    ds = FoodDataset(index.samples("train"), train_transform(IMAGE_SIZE))
     n_classes = len(index.classes)
     model = build_model("efficientnet_lite0", num_classes=n_classes, pretrained="offline")
+    mean, std = normalization(model)  # as foodrec-train: the weights' data config, not ImageNet's
+    ds = FoodDataset(index.samples("train"), train_transform(IMAGE_SIZE, mean, std))
     loss_fn = CombinedClassificationLoss()
     mixup = make_mixup(n_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.01)
