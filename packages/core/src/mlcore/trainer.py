@@ -253,6 +253,8 @@ class Trainer:
         self.callbacks.append(self.best_checkpoint)
 
         self.state: TrainState | None = None  # the current (or last) stage's state, from fit()
+        self._bar: Any = None  # the stage's tqdm bar and --profile profiler (set by _train_stage)
+        self._profiler: StepProfiler | None = None
         self._hooks = _hook_lists(self.callbacks)
         self.global_step = 0  # optimizer updates across all stages
         self.stage = "main"
@@ -325,26 +327,39 @@ class Trainer:
         config: TrainConfig | None = None,
         optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None = None,
     ) -> dict[str, Any]:
-        """Train for ``epochs`` (default ``config.epochs``) and return the summary dict.
+        """Train one stage for ``epochs`` (default ``config.epochs``) and return the summary dict.
 
-        Callbacks (:class:`~mlcore.callbacks.Callback`): ``on_fit_start`` first, ``on_fit_end`` with
-        the summary when it returns, ``on_exception`` when an exception leaves it (re-raised after).
+        Reads as stages -> epochs -> updates: :meth:`_start_stage` builds the stage's
+        :class:`TrainState` (optimizer, scheduler, scaler, a resumed run's position),
+        :meth:`_train_stage` runs its epochs (:meth:`_train_epoch`, :meth:`_end_epoch`) of updates
+        (:meth:`_update` = :meth:`_accumulate` + :meth:`_apply_update`), and the summary is written
+        here (for a stop signal, by :meth:`_train_stage` before it raises). Callbacks (:class:`~mlcore.callbacks.Callback`): ``on_fit_start`` first,
+        ``on_fit_end`` with the summary, or ``on_exception`` when an exception leaves (re-raised).
 
         Args:
             stage: name of this training stage; a resumed run skips stages already completed
                 and continues the interrupted one exactly where it stopped.
+            epochs: epochs of this stage (default ``config.epochs``).
             config: per-stage overrides (lr, epochs, warmup, ...) for multi-stage training.
+            optimizer_factory: this stage's optimizer (default: the trainer's).
 
         Raises:
-            NonFiniteLossError: the loss became NaN/inf (message names the optimizer step).
+            NonFiniteLossError: the loss or the gradients became NaN/inf (message names the optimizer step).
             TrainingInterrupted: a stop signal (``last.pt`` saved).
         """
         self._hooks = _hook_lists(self.callbacks)
         for cb in self._hooks["on_fit_start"]:
             cb.on_fit_start(self)
         try:
-            summary = self._fit(train_loader, val_loader, stage=stage, epochs=epochs, config=config,
-                                optimizer_factory=optimizer_factory)
+            cfg = config or self.config
+            started = self._start_stage(train_loader, stage, epochs if epochs is not None else cfg.epochs, cfg,
+                                        optimizer_factory)
+            if started is None:  # completed in the run this one resumes
+                summary = self._summary(cfg)
+            else:
+                state, pending_eval = started
+                summary = self._finish(cfg, completed=self._train_stage(state, train_loader, val_loader,
+                                                                        pending_eval))
         except BaseException as exc:
             for cb in self._hooks["on_exception"]:
                 try:
@@ -356,24 +371,25 @@ class Trainer:
             cb.on_fit_end(self, summary)
         return summary
 
-    def _fit(self, train_loader: DataLoader, val_loader: DataLoader | None, *, stage: str, epochs: int | None,
-             config: TrainConfig | None,
-             optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None) -> dict[str, Any]:
-        cfg = config or self.config
-        epochs = epochs if epochs is not None else cfg.epochs
+    def _start_stage(self, train_loader: DataLoader, stage: str, epochs: int, cfg: TrainConfig,
+                     optimizer_factory: Callable[[torch.nn.Module], torch.optim.Optimizer] | None,
+                     ) -> tuple[TrainState, str | None] | None:
+        """Set up a stage: wrap the model again if its trainable set changed, build optimizer, scheduler
+        and scaler, restore a resumed run's position (or seed). Returns the stage's state and the kind
+        of evaluation a stop signal cut short (``"step"``/``"epoch"``, to repeat), or None when the
+        resumed run already completed this stage."""
         self.stage, self.should_stop = stage, False
         if stage in self.completed_stages:
             log.info("stage %s already completed in the resumed run; skipping", stage)
-            return self._summary(cfg)
+            return None
         resume = self._resume if self._resume is not None and self._resume["stage"] == stage else None
+        self._resume = None
         if self.model is not self.raw_model and self._trainable_signature() != self._wrapped_for:
             # DDP registers hooks and buckets for the parameters that require grad when it is built:
             # after freezing/unfreezing it would wait for gradients that never come (or miss new ones)
             self.model = self._wrap_model()
             log.info("stage %s: the set of trainable parameters changed; model wrapped again (%s)",
                      stage, type(self.model).__name__)
-
-        accum = cfg.accum_steps
         sampler = find_resumable_sampler(train_loader)
         if sampler is not None and sampler.num_replicas != self.world_size:
             raise RuntimeError(f"the train loader is sharded for {sampler.num_replicas} process(es) but the run "
@@ -384,8 +400,8 @@ class Trainer:
             raise ConfigError(f"--batch-size {train_loader.batch_size}: the train split has {n} sample(s) per "
                               f"process, not one full batch (the last partial batch is dropped); lower "
                               f"--batch-size or add data")
-        updates_per_epoch = math.ceil(batches_per_epoch / accum)
-        total_steps = total_optimizer_steps(batches_per_epoch, accum, epochs)
+        updates_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
+        total_steps = total_optimizer_steps(batches_per_epoch, cfg.accum_steps, epochs)
         warmup = cfg.warmup_steps or round(cfg.warmup_epochs * updates_per_epoch)
         factory = optimizer_factory or self.optimizer_factory or (lambda m: build_optimizer(m, cfg))
         optimizer = factory(self.raw_model)  # per stage: only the parameters trainable now
@@ -417,121 +433,157 @@ class Trainer:
         else:
             seed_everything(cfg.seed + self.global_step)
         self.state = state
-        start_epoch, skip_batches = state.epoch, state.batch_in_epoch
-
-        prev_handlers = self._install_signal_handlers()  # before the "stage" line: a signal after it is handled
         # config.yaml stays the run's base configuration (what --resume rebuilds the stages from); this
         # stage's overrides are saved in last.pt as "stage_config"
+        return state, pending_eval
+
+    def _train_stage(self, state: TrainState, train_loader: DataLoader, val_loader: DataLoader | None,
+                     pending_eval: str | None) -> bool:
+        """The stage's epochs, until they run out or a stop: early stopping (the stage is done),
+        ``--max-steps`` (not done, resumable) or a stop signal (:class:`TrainingInterrupted`, after
+        ``last.pt``). Returns whether the stage completed."""
+        cfg = state.cfg
+        prev_handlers = self._install_signal_handlers()  # before the "stage" line: a signal after it is handled
+        updates_per_epoch = math.ceil(state.batches_per_epoch / cfg.accum_steps)
         log.info("stage %s: %d epochs x %d updates (accum %d, micro-batch %d, world %d), warmup %d, device %s",
-                 stage, epochs, updates_per_epoch, accum, cfg.batch_size, self.world_size, warmup,
-                 self.strategy.describe())
-        self._resume = None
-        profiler = (StepProfiler(self.run_dir / "profile", active=cfg.profile_steps)
-                    if cfg.profile and is_main_process() else None)
-        bar = tqdm(total=total_steps, initial=state.stage_step, desc=stage,
-                   disable=None if is_main_process() else True, dynamic_ncols=True, leave=False)
-        update_hooks = self._hooks["on_update_end"]
+                 state.stage, state.epochs, updates_per_epoch, cfg.accum_steps, cfg.batch_size, self.world_size,
+                 cfg.warmup_steps or round(cfg.warmup_epochs * updates_per_epoch), self.strategy.describe())
+        self._profiler = (StepProfiler(self.run_dir / "profile", active=cfg.profile_steps)
+                          if cfg.profile and is_main_process() else None)
+        self._bar = tqdm(total=state.total_steps, initial=state.stage_step, desc=state.stage,
+                         disable=None if is_main_process() else True, dynamic_ncols=True, leave=False)
         try:
             for cb in self._hooks["on_stage_start"]:
                 cb.on_stage_start(self, state)
-            if pending_eval and val_loader is not None:  # redo the evaluation a stop signal cut short
-                self._evaluate_or_interrupt(val_loader, state, pending_eval)
-                if pending_eval == "epoch" and (self.should_stop or start_epoch == epochs):
-                    self.completed_stages.append(stage)
-                elif self.should_stop:  # early stopping at a step-based evaluation
-                    self.completed_stages.append(stage)
-                self._save_last(state)
-                if stage in self.completed_stages:
-                    return self._finish(cfg, completed=True)
-            if cfg.max_steps is not None and state.stage_step >= cfg.max_steps:
+            stop = None
+            if pending_eval and val_loader is not None:  # repeat the evaluation a stop signal cut short
+                stop = self._redo_evaluation(state, val_loader, pending_eval)
+            if stop is None and cfg.max_steps is not None and state.stage_step >= cfg.max_steps:
                 log.info("--max-steps %d already reached; nothing to do", cfg.max_steps)
-                return self._finish(cfg, completed=False)
-            for epoch in range(start_epoch, epochs):
-                state.epoch = epoch
-                state.batch_in_epoch = skip_batches if epoch == start_epoch else 0
-                if sampler is not None:
-                    sampler.set_epoch(epoch)
-                    sampler.skip(state.batch_in_epoch * (train_loader.batch_size or cfg.batch_size))
-                batches = iter(train_loader)
-                if sampler is None and state.batch_in_epoch:  # plain loader: fast-forward (not exact)
-                    for _ in range(state.batch_in_epoch):
-                        next(batches)
-                self.model.train()
-                for window, data_time in self._windows(batches, accum, batches_per_epoch - state.batch_in_epoch):
-                    t_step = time.perf_counter()
-                    loss = self._optimizer_step(window, optimizer, scaler, cfg)
-                    scheduler.step()
-                    if self.ema is not None:
-                        self.ema.update_parameters(unwrap_model(self.raw_model))
-                        self._ema_steps += 1
-                    state.stage_step += 1
-                    self.global_step += 1
-                    state.batch_in_epoch += len(window)
-                    self.strategy.after_step(self.global_step)
-                    n = sum(batch_size_of(b) for b in window) * self.world_size
-                    self._stats["samples"] += n
-                    self._stats["data_time"] += data_time
-                    self._stats["train_time"] += data_time + time.perf_counter() - t_step
-                    if math.isfinite(loss):  # a skipped bad update (--max-bad-steps) has no loss to log
-                        state.train_loss_sum += loss
-                        state.train_loss_n += 1
-                    for cb in update_hooks:  # before this step's evaluation and last.pt
-                        cb.on_update_end(self, state, loss)
-                    bar.update(1)
-                    if state.stage_step % cfg.log_every_steps == 0:
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                        self.logger.scalar("train/loss_step", loss, self.global_step)
-                        self.logger.scalar("train/lr", scheduler.get_last_lr()[0], self.global_step)
-                    if profiler is not None and profiler.step():
-                        profiler = None
-                    if cfg.eval_every_steps and state.stage_step % cfg.eval_every_steps == 0 \
-                            and val_loader is not None:
-                        self._log_train(state)
-                        self._evaluate_or_interrupt(val_loader, state, "step")
-                        self.model.train()
-                    stop_signal = self._agreed_stop if self.distributed else self._stop_signal
-                    stop_now = ((cfg.max_steps is not None and state.stage_step >= cfg.max_steps) or stop_signal
-                                or self.should_stop)
-                    if stop_now or (cfg.checkpoint_every_steps
-                                    and state.stage_step % cfg.checkpoint_every_steps == 0):
-                        self._save_last(state)
-                    if stop_now:
-                        if self.should_stop:  # early stopping from a step-based evaluation
-                            self.completed_stages.append(stage)
-                            self._save_last(state)
-                            return self._finish(cfg, completed=True)
-                        summary = self._finish(cfg, completed=False)
-                        if stop_signal:
-                            raise self._interrupted(stop_signal)
-                        log.info("stopping at optimizer step %d (--max-steps %d); resume with --resume %s",
-                                 self.global_step, cfg.max_steps, self.run_dir)
-                        return summary
-                state.epoch, state.batch_in_epoch = epoch + 1, 0
-                if state.train_loss_n:
-                    self._log_train(state)
-                last = next((r for r in reversed(self.history) if r["split"] != UPDATE_SPLIT), None)
-                evaluated_now = last is not None and last["split"] != "train" and last["step"] == self.global_step
-                if val_loader is not None and (epoch + 1) % cfg.eval_every_epochs == 0 and not evaluated_now:
-                    self._evaluate_or_interrupt(val_loader, state, "epoch")
-                for cb in self._hooks["on_epoch_end"]:
-                    cb.on_epoch_end(self, state)
-                if self.should_stop or epoch + 1 == epochs:
-                    self.completed_stages.append(stage)
-                self._save_last(state)
-                if self.should_stop:
-                    break
-                stop_signal = self._agree_stop()  # a signal after the epoch's last update
-                if stop_signal:
-                    self._finish(cfg, completed=stage in self.completed_stages)
-                    raise self._interrupted(stop_signal)
-            if stage not in self.completed_stages:
-                self.completed_stages.append(stage)
-            return self._finish(cfg, completed=True)
+                stop = "max_steps"
+            while stop is None and state.epoch < state.epochs:
+                stop = self._train_epoch(state, train_loader, val_loader) or self._end_epoch(state, val_loader)
+            if stop == "signal":  # last.pt is saved; raised while the handlers still catch a second signal
+                self._finish(cfg, completed=state.stage in self.completed_stages)
+                raise self._interrupted(self._agreed_stop or self._stop_signal)
         finally:
-            bar.close()
-            if profiler is not None:
-                profiler.close()
+            self._bar.close()
+            if self._profiler is not None:
+                self._profiler.close()
             self._restore_signal_handlers(prev_handlers)
+        if stop == "max_steps":
+            return False
+        if state.stage not in self.completed_stages:
+            self.completed_stages.append(state.stage)
+        return True
+
+    def _train_epoch(self, state: TrainState, train_loader: DataLoader, val_loader: DataLoader | None) -> str | None:
+        """The rest of the epoch ``state.epoch`` from batch ``state.batch_in_epoch``, one update per
+        accumulation window (+ step evaluations and ``last.pt`` saves). Returns why it stopped early
+        (``"early_stop"``, ``"signal"``, ``"max_steps"``; ``last.pt`` saved) or None at the epoch's end."""
+        cfg = state.cfg
+        sampler = find_resumable_sampler(train_loader)
+        if sampler is not None:
+            sampler.set_epoch(state.epoch)
+            sampler.skip(state.batch_in_epoch * (train_loader.batch_size or cfg.batch_size))
+        batches = iter(train_loader)
+        if sampler is None and state.batch_in_epoch:  # plain loader: fast-forward (not exact)
+            for _ in range(state.batch_in_epoch):
+                next(batches)
+        self.model.train()
+        for window, data_time in self._windows(batches, cfg.accum_steps, state.batches_per_epoch - state.batch_in_epoch):
+            self._update(state, window, data_time)
+            if cfg.eval_every_steps and state.stage_step % cfg.eval_every_steps == 0 and val_loader is not None:
+                self._log_train(state)
+                self._evaluate_or_interrupt(val_loader, state, "step")
+                self.model.train()
+            stop = self._stop_reason(state)
+            if stop == "early_stop":  # from a step evaluation: the stage is done
+                self.completed_stages.append(state.stage)
+            if stop or (cfg.checkpoint_every_steps and state.stage_step % cfg.checkpoint_every_steps == 0):
+                self._save_last(state)
+            if stop == "max_steps":
+                log.info("stopping at optimizer step %d (--max-steps %d); resume with --resume %s",
+                         self.global_step, cfg.max_steps, self.run_dir)
+            if stop:
+                return stop
+        return None
+
+    def _update(self, state: TrainState, window: list[Any], data_time: float) -> float:
+        """One optimizer update from a window of loaded batches (:meth:`_optimizer_step`), then the
+        scheduler, the EMA, the counters, ``on_update_end``, logging. Returns the window's mean loss."""
+        t_step = time.perf_counter()
+        cfg = state.cfg
+        loss = self._optimizer_step(window, state.optimizer, state.scaler, cfg)
+        state.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(unwrap_model(self.raw_model))
+            self._ema_steps += 1
+        state.stage_step += 1
+        self.global_step += 1
+        state.batch_in_epoch += len(window)
+        self.strategy.after_step(self.global_step)
+        self._stats["samples"] += sum(batch_size_of(b) for b in window) * self.world_size
+        self._stats["data_time"] += data_time
+        self._stats["train_time"] += data_time + time.perf_counter() - t_step
+        if math.isfinite(loss):  # a skipped bad update (--max-bad-steps) has no loss to log
+            state.train_loss_sum += loss
+            state.train_loss_n += 1
+        for cb in self._hooks["on_update_end"]:  # before this step's evaluation and last.pt
+            cb.on_update_end(self, state, loss)
+        self._bar.update(1)
+        if state.stage_step % cfg.log_every_steps == 0:
+            lr = state.scheduler.get_last_lr()[0]
+            self._bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            self.logger.scalar("train/loss_step", loss, self.global_step)
+            self.logger.scalar("train/lr", lr, self.global_step)
+        if self._profiler is not None and self._profiler.step():
+            self._profiler = None
+        return loss
+
+    def _stop_reason(self, state: TrainState) -> str | None:
+        """Why to stop after this update: ``"early_stop"`` (a callback set ``should_stop``), ``"signal"``
+        (agreed across ranks on the update's all-reduce), ``"max_steps"``, or None."""
+        if self.should_stop:
+            return "early_stop"
+        if self._agreed_stop if self.distributed else self._stop_signal:
+            return "signal"
+        if state.cfg.max_steps is not None and state.stage_step >= state.cfg.max_steps:
+            return "max_steps"
+        return None
+
+    def _end_epoch(self, state: TrainState, val_loader: DataLoader | None) -> str | None:
+        """After an epoch's last update: the train row, the epoch's evaluation, ``on_epoch_end``,
+        ``last.pt``. Returns ``"early_stop"``, ``"signal"`` (one that arrived after the last update,
+        agreed across ranks) or None."""
+        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+        if state.train_loss_n:
+            self._log_train(state)
+        last = next((row for row in reversed(self.history) if row["split"] != UPDATE_SPLIT), None)
+        evaluated_now = last is not None and last["split"] != "train" and last["step"] == self.global_step
+        if val_loader is not None and state.epoch % state.cfg.eval_every_epochs == 0 and not evaluated_now:
+            self._evaluate_or_interrupt(val_loader, state, "epoch")
+        for cb in self._hooks["on_epoch_end"]:
+            cb.on_epoch_end(self, state)
+        if self.should_stop or state.epoch == state.epochs:
+            self.completed_stages.append(state.stage)
+        self._save_last(state)
+        if self.should_stop:
+            return "early_stop"
+        return "signal" if self._agree_stop() else None
+
+    def _redo_evaluation(self, state: TrainState, val_loader: DataLoader, kind: str) -> str | None:
+        """A resumed run repeats the evaluation a stop signal cut short (``kind``: ``"step"`` or
+        ``"epoch"``, with its ``on_epoch_end``), then saves ``last.pt``. Returns ``"done"`` when that
+        completes the stage (its last epoch, or early stopping), else None."""
+        self._evaluate_or_interrupt(val_loader, state, kind)
+        if kind == "epoch":
+            for cb in self._hooks["on_epoch_end"]:
+                cb.on_epoch_end(self, state)
+        if self.should_stop or (kind == "epoch" and state.epoch == state.epochs):
+            self.completed_stages.append(state.stage)
+        self._save_last(state)
+        return "done" if state.stage in self.completed_stages else None
 
     # ------------------------------------------------------------------------------------------
     def _windows(self, batches: Iterator[Any], accum: int, remaining: int) -> Iterator[tuple[list[Any], float]]:
