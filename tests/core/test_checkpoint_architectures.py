@@ -57,3 +57,14 @@ def test_unrecorded_lite0_checkpoint_from_before_the_records_warns_naming_both(c
         check_architectures({"model": {}, "weights": "raw"}, model, name="x")
         check_architectures({"model": {}}, torch.nn.Linear(2, 2), name="x")  # no timm model: nothing to tell
     assert not caplog.records
+
+
+def test_resume_from_an_old_lite0_last_pt_is_refused(tmp_path):
+    from mlcore.dcp import load_resume_state
+
+    old = torch.nn.Sequential(timm.create_model("efficientnet_lite0", pretrained=False, num_classes=0))
+    path = tmp_path / "last.pt"
+    torch.save({"model": old.state_dict(), "architectures": ["efficientnet_lite0"]}, path)
+    model = torch.nn.Sequential(timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0))
+    with pytest.raises(CheckpointError, match=r"--resume .*trained with timm efficientnet_lite0.*builds tf_efficientnet_lite0"):
+        load_resume_state(path, model)

@@ -49,7 +49,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from mlcore.checkpoint import CheckpointError, atomic_save, load_checkpoint, unwrap_model
+from mlcore.checkpoint import CheckpointError, atomic_save, check_architectures, load_checkpoint, unwrap_model
 from mlcore.fsdp import is_fsdp
 
 log = logging.getLogger(__name__)
@@ -268,10 +268,12 @@ def load_resume_state(path: str | Path, model: nn.Module, *, expect_domain: str 
         if not is_sharded_checkpoint(path):
             raise CheckpointError(f"--resume {path}: not a sharded checkpoint (no .metadata and {STATE_FILE})")
         state = load_checkpoint(path / STATE_FILE, flag="--resume", expect_domain=expect_domain)
+        check_architectures(state, model, name=f"--resume {path}")  # e.g. efficientnet_lite0 vs tf_efficientnet_lite0
         load_sharded_model(path, model)
         state["sharded_checkpoint"] = str(path)
         return state
     state = load_checkpoint(path, flag="--resume", expect_domain=expect_domain)
+    check_architectures(state, model, name=f"--resume {path}")
     if is_fsdp(model):
         set_model_state_dict(model, state["model"], options=StateDictOptions(full_state_dict=True))
     else:
