@@ -623,7 +623,8 @@ class Trainer:
         gradients cleared, module buffers such as BatchNorm statistics and every RNG restored to the
         window's start) and the window is retried with each batch split in two (half the micro-batch,
         twice the accumulation: same effective batch), so the retried update equals a run started
-        with the smaller micro-batch. Under DDP the ranks all-reduce the OOM flag and back off together.
+        with the smaller micro-batch. Under DDP the ranks agree on the OOM and back off together (see
+        :meth:`_run_window` for where they agree and what is not covered).
 
         Raises:
             torch.OutOfMemoryError: out of memory with single-sample micro-batches.
@@ -632,14 +633,15 @@ class Trainer:
         largest = max(batch_size_of(b) for b in window)
         snapshot = self._snapshot() if largest > self.micro_split else None  # a back-off is still possible
         while True:
-            loss_sum = self._run_window(window, optimizer, scaler, total)
-            oom = loss_sum is None
-            if self.distributed:  # every rank backs off together (or none does)
-                oom = bool(all_reduce_sum(torch.tensor([float(oom)], device=self.strategy.device)) > 0)
-            if not oom:
-                return loss_sum  # type: ignore[return-value]
+            loss_sum = self._run_window(window, optimizer, scaler, total)  # None on every rank, or on none
+            if loss_sum is not None:
+                return loss_sum
             optimizer.zero_grad(set_to_none=True)
             loss_sum = None
+            if self.distributed and not self.sharded:
+                # the ranks' DDP state differs now (a forward that raised skipped DDP's post-forward; one
+                # that did not prepared a backward that will not run): a fresh wrapper on every rank
+                self.model = self._wrap_model()
             self.strategy.free_memory()
             if snapshot is None or self.micro_split >= largest:
                 raise torch.OutOfMemoryError(
@@ -655,30 +657,51 @@ class Trainer:
 
     def _run_window(self, window: list[Any], optimizer, scaler, total: int) -> torch.Tensor | None:
         """One attempt at the window's forward/backward passes; None on out-of-memory (this frame, and
-        with it every tensor of the failed attempt, is released on return)."""
+        with it every tensor of the failed attempt, is released on return).
+
+        Under DDP the ranks agree on an OOM (a one-element all-reduce, so None is returned on every
+        rank or on none) at points where no rank has a collective of the model pending: after each
+        micro-batch but the last (run under ``no_sync``: no gradient all-reduce) and after the last
+        micro-batch's forward, before the backward that all-reduces the gradients. A rank that ran out
+        of memory therefore never waits in the flag all-reduce while another waits in the gradient
+        all-reduce of the final backward; after an agreed OOM :meth:`_accumulate` wraps the model in a
+        fresh DDP on every rank (the ranks' DDP states differ after a forward that raised). Not covered:
+        an OOM inside that final backward (the other ranks are already reducing: it is raised on that
+        rank and torchrun stops the job), while copying a micro-batch to the device (before the
+        forward's buffer broadcast), and inside an FSDP forward (its all-gathers).
+        """
         optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.strategy.device)
         micro = [m for b in window for m in split_batch(b, self.micro_split)]
         batch_hooks = self._hooks["on_train_batch_end"]
-        try:
-            for i, mb in enumerate(micro):
-                mb = self.strategy.to_device(mb)
-                sync = i == len(micro) - 1
-                with no_sync(self.model, skip=self.distributed and not sync):
+        agree = self.distributed
+        for i, mb in enumerate(micro):
+            sync = i == len(micro) - 1
+            oom = False
+            with no_sync(self.model, skip=self.distributed and not sync):
+                try:
+                    mb = self.strategy.to_device(mb)
                     with self.strategy.autocast():
                         out = _as_outputs(self.training_step(self.model, mb))
                     weighted = out["loss"].float() * (batch_size_of(mb) / total)
-                    scaler.scale(weighted).backward()
-                loss_sum += weighted.detach()
-                if batch_hooks:
-                    out = map_tensors(out, torch.Tensor.detach)
-                    for cb in batch_hooks:
-                        cb.on_train_batch_end(self, self.state, out)
-                out = None  # no tensor of this micro-batch outlives its backward
-        except Exception as exc:
-            if not self.strategy.is_oom(exc):
-                raise
-            return None
+                    if not (agree and sync):
+                        scaler.scale(weighted).backward()
+                except Exception as exc:
+                    if not self.strategy.is_oom(exc):
+                        raise
+                    oom = True
+                if agree:  # every rank reaches this point once per micro-batch: agree on the OOM
+                    oom = bool(all_reduce_sum(torch.tensor([float(oom)], device=self.strategy.device)) > 0)
+                if oom:
+                    return None
+                if agree and sync:
+                    scaler.scale(weighted).backward()  # all-reduces the gradients (DDP) on every rank
+            loss_sum += weighted.detach()
+            if batch_hooks:
+                out = map_tensors(out, torch.Tensor.detach)
+                for cb in batch_hooks:
+                    cb.on_train_batch_end(self, self.state, out)
+            out = None  # no tensor of this micro-batch outlives its backward
         return loss_sum
 
     def _snapshot(self) -> tuple[list[torch.Tensor], dict[str, Any]]:
