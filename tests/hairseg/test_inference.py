@@ -89,6 +89,27 @@ def test_detects_all_three_formats_and_they_agree(tiny, photo):
     assert 0.2 < (ref >= 0.5).mean() < 0.8  # the median shift made both classes present
 
 
+def test_bf16_predictor_stays_within_bf16_rounding_of_fp32(tiny, photo):
+    """precision="bf16" (issue 12 latency: oneDNN bf16 convolutions) casts weights and inputs; its mask
+    agrees with fp32's except where |logit| is within bf16's rounding, and bad uses fail clearly."""
+    fp32 = load_predictor(tiny["checkpoint"])
+    bf16 = load_predictor(tiny["checkpoint"], precision="bf16")
+    assert isinstance(bf16, TorchPredictor) and "(bf16)" in bf16.name
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    x = fp32.preprocess(photo)
+    ref, out = fp32.predict_logits(x), bf16.predict_logits(x)
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    diff = np.abs(out - ref)
+    # bf16 keeps 8 significant bits: relative error of one rounding 2^-8; through ~60 layers the logits
+    # drift by a few percent of their scale, not more
+    assert 0 < diff.max() < 0.1 * np.abs(ref).max() + 0.05
+    assert np.mean((out >= 0) == (ref >= 0)) > 0.97
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TorchPredictor(tiny["checkpoint"], precision="fp16")
+    with pytest.raises(ModelFormatError, match=r"tiny\.onnx: precision bf16 applies to mlcore checkpoints"):
+        load_predictor(tiny["onnx"], precision="bf16")
+
+
 def test_exported_files_carry_their_metadata(tiny):
     import onnx
 

@@ -96,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the checkpoint's, else 0)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N photos of the split")
     p.add_argument("--device", default="cpu", help="device for PyTorch models")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="mlcore checkpoints: bf16 weights and inputs (fast on CPUs with AMX / AVX512_BF16; check "
+                        "the IoU: bench/hairseg_latency.py)")
     p.add_argument("--out", default=None, help="also write per_image.csv and eval_examples.png here")
     return p
 
@@ -123,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError("--checkpoint PATH is required (or --model mediapipe)")
             from hairseg.inference import load_predictor
 
-            predictor = load_predictor(args.checkpoint, device=args.device, hair_class=args.hair_class)
+            predictor = load_predictor(args.checkpoint, device=args.device, hair_class=args.hair_class,
+                                       precision=args.precision)
             name = str(args.checkpoint)
             if not str(args.checkpoint).endswith((".onnx", ".tflite")):
                 try:

@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="video: weight of previous frames in the mask's moving average, in [0, 1)")
     p.add_argument("--max-frames", type=int, default=None, help="video: stop after N frames (default: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="mlcore checkpoints: bf16 weights and inputs (fast on CPUs with AMX / AVX512_BF16; check "
+                        "the IoU: bench/hairseg_latency.py)")
     return p
 
 
@@ -297,7 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictor, model = None, None
         if args.mask is None:
             model = args.model if args.model is not None else default_model_path()
-            predictor = load_predictor(model, device=args.device, hair_class=args.hair_class)
+            predictor = load_predictor(model, device=args.device, hair_class=args.hair_class,
+                                       precision=args.precision)
         summary: dict[str, Any] = {"model": str(model) if model else None,
                                    "predictor": predictor.name if predictor else "mask files",
                                    "color": color_label(args.color)}
