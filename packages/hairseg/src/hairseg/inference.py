@@ -178,8 +178,8 @@ class TorchPredictor(_ModelPredictor):
     Runs under ``torch.inference_mode``; on CPU in ``channels_last`` memory format.
 
     ``precision="bf16"`` casts the weights and each input to bfloat16 (outputs are returned as float32):
-    on CPUs with AMX or AVX512_BF16 oneDNN runs the convolutions in bf16, 1.9-2.3x faster than fp32 for
-    this U-Net at 384 px (``bench/hairseg_latency.py``); logits differ from fp32 by bf16 rounding (8-bit
+    on CPUs with AMX or AVX512_BF16 oneDNN runs the convolutions in bf16, about 2x faster than eager fp32
+    for this U-Net at 384 px (``bench/hairseg_latency.py``); logits differ from fp32 by bf16 rounding (8-bit
     mantissa), so check the IoU on held-out photos before serving it (the bench reports it).
 
     Args:
