@@ -17,17 +17,20 @@ Variants, all on the same letterboxed ``(1, 3, S, S)`` float32 input of a real F
 - ONNX Runtime int8 QDQ (the same two thread settings);
 - eager PyTorch with bf16 weights and inputs (``TorchPredictor(precision="bf16")``: oneDNN's bf16
   convolutions on CPUs with AMX / AVX512_BF16);
+- TorchScript frozen with bf16 weights (``hairseg-export`` writes it as ``NAME_vX.Y.bf16.pt``; float32 in and out);
 - the same model with a lighter decoder (``--light-checkpoint``, a checkpoint trained with
   ``hairseg-train --decoder-channels light``: ONNX fp32 and int8 with their IoU; else an untrained U-Net with
   ``--light-decoder`` widths, latency only). Skipped when the main model already has those widths.
 
 Besides wall-clock ms, each variant's process CPU ms per call (``time.process_time``: all threads of this
 process) is reported: under a shared, oversubscribed CPU it moves much less than wall time, so it separates the
-variants' own cost from the load. ``--bar-ms`` prints whether the fastest int8 variant's median wall ms meets
+variants' own cost from the load. ``--bar-ms`` prints whether the fastest exported variant's median wall ms meets
 the bar (issue 12: 40 ms at 384 px on 2 cores; only meaningful on an otherwise idle machine).
 
-Timing is round-robin: each of ``--runs`` rounds calls every variant once, so background load on the shared
-CPU hits all variants alike; the median per variant is reported with its ratio to eager. IoU: each variant's
+Timing (``--timing blocks``, default): each variant's warm-up and ``--runs`` calls back to back, one variant after
+another, as a server runs one model; the median per variant is reported with its ratio to eager. ``--timing
+round-robin`` calls every variant once per round instead (background load hits all alike, but ONNX Runtime's
+spinning threads then slow the next variant's call: measure alone with blocks). IoU: each variant's
 predictor is scored with :func:`hairseg.eval.evaluate_predictor` (full photo resolution, pooled IoU) on the first
 ``--iou-limit`` photos of the **test** split (never used for selection) with the checkpoint's split seed and
 fractions. The 1-minute load average is printed before and after (other processes share the cores). The last
@@ -66,21 +69,38 @@ def data_root() -> Path:
     return Path(env).expanduser() if env else REPO_ROOT.parent / "shared" / "data"
 
 
-def round_robin(fns: dict[str, Callable[[], object]], warmup: int, runs: int,
+def round_robin(fns: dict[str, Callable[[], object]], warmup: int, runs: int, blocks: bool = True,
                 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Median wall ms and median process CPU ms per function; each round calls every function once (shared-CPU
-    noise spreads evenly)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
+    """Median wall ms and median process CPU ms per function.
+
+    ``blocks=True``: each function's warm-up and runs back to back, one function after another (each variant on
+    its own, as a server runs it). ``blocks=False``: each round calls every function once (shared-CPU noise
+    spreads evenly, but ONNX Runtime's spinning threads from one call still hold the cores during the next
+    variant's call, which made TorchScript look 1.3-2x slower than it is alone).
+    """
     times: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in tqdm(range(runs), desc="timing", disable=None, leave=False):
-        for key, fn in fns.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            fn()
-            times[key].append((time.perf_counter() - start) * 1e3)
-            cpu[key].append((time.process_time() - start_cpu) * 1e3)
+
+    def timed(key: str) -> None:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fns[key]()
+        times[key].append((time.perf_counter() - start) * 1e3)
+        cpu[key].append((time.process_time() - start_cpu) * 1e3)
+
+    if blocks:
+        for key, fn in tqdm(fns.items(), desc="timing", disable=None, leave=False):
+            for _ in range(warmup):
+                fn()
+            time.sleep(0.2)  # let the previous variant's worker threads go idle before timing this one
+            for _ in range(runs):
+                timed(key)
+    else:
+        for fn in fns.values():
+            for _ in range(warmup):
+                fn()
+        for _ in tqdm(range(runs), desc="timing", disable=None, leave=False):
+            for key in fns:
+                timed(key)
     return ({k: statistics.median(v) for k, v in times.items()}, {k: statistics.median(v) for k, v in cpu.items()})
 
 
@@ -112,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--light-decoder", default="light",
                         help="widths of the untrained light-decoder variant (latency only) without --light-checkpoint; "
                              "'none' skips it")
-    parser.add_argument("--bar-ms", type=float, default=40.0, help="median wall ms the fastest int8 variant must meet")
+    parser.add_argument("--bar-ms", type=float, default=40.0, help="median wall ms the fastest served variant must meet")
+    parser.add_argument("--timing", choices=("blocks", "round-robin"), default="blocks",
+                        help="blocks: each variant timed on its own, one after another; round-robin: every variant once "
+                             "per round (fair under background load, but runtimes disturb each other)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         ts_path, onnx_path, int8_path = tmp_dir / "model.pt", tmp_dir / "model.onnx", tmp_dir / "model.int8.onnx"
         export_torchscript(eager.model, ts_path, meta, torch.from_numpy(x))
         export_onnx(eager.model, onnx_path, meta, torch.from_numpy(x))
+        bf16_path = tmp_dir / "model.bf16.pt"
+        export_torchscript(eager.model, bf16_path, meta, torch.from_numpy(x), precision="bf16")
         calib = calibration_inputs(figaro, size, n=args.calibration_images, mean=eager.mean, std=eager.std, **split_kw)
         start = time.perf_counter()
         quantize_onnx(onnx_path, int8_path, calib)
@@ -154,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
                 "onnx int8 QDQ": OnnxPredictor(int8_path),
                 "onnx int8 QDQ, 2 threads, no spinning": OnnxPredictor(int8_path, threads=2, spinning=False),
                 "eager bf16 (AMX / AVX512_BF16)": TorchPredictor(ckpt, image_size=size, precision="bf16"),
+                "torchscript frozen bf16": TorchScriptPredictor(bf16_path, image_size=size),
             }
             light_note = None
             if args.light_checkpoint is not None:
@@ -165,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
                 predictors["onnx int8 QDQ, light decoder"] = OnnxPredictor(li)
                 predictors["eager bf16, light decoder"] = TorchPredictor(args.light_checkpoint, image_size=size,
                                                                          precision="bf16")
+                lb = tmp_dir / "light.bf16.pt"
+                export_torchscript(light.model, lb, meta, torch.from_numpy(x), precision="bf16")
+                predictors["torchscript frozen bf16, light decoder"] = TorchScriptPredictor(lb, image_size=size)
             elif args.light_decoder != "none" and parse_decoder_channels(args.light_decoder) != decoder:
                 widths = parse_decoder_channels(args.light_decoder)
                 torch.manual_seed(0)
@@ -179,11 +208,14 @@ def main(argv: list[str] | None = None) -> None:
                 predictors["onnx int8 QDQ, light decoder (untrained)"] = OnnxPredictor(li)
                 predictors["eager bf16, light decoder (untrained)"] = TorchPredictor(light_ckpt, image_size=size,
                                                                                      precision="bf16")
+                lb = tmp_dir / "light.bf16.pt"
+                export_torchscript(light_model, lb, meta, torch.from_numpy(x), precision="bf16")
+                predictors["torchscript frozen bf16, light decoder (untrained)"] = TorchScriptPredictor(lb, image_size=size)
             ref = eager.predict_logits(x)
             diffs = {k: (float(np.abs(p.predict_logits(x) - ref).max()) if "light" not in k else None)
                      for k, p in predictors.items()}
             medians, cpu_ms = round_robin({k: (lambda p=p: p.predict_logits(x)) for k, p in predictors.items()},
-                                  args.warmup, args.runs)
+                                          args.warmup, args.runs, blocks=args.timing == "blocks")
         load_mid = os.getloadavg()[0]
         ious: dict[str, float | None] = dict.fromkeys(predictors)
         n_test = 0
@@ -204,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
           f", input 1x3x{size}x{size} (letterboxed {photo_path.name})")
     print(f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, {os.cpu_count()} CPUs, load average "
-          f"{load_before:.2f} -> {load_mid:.2f} (timing) -> {load_after:.2f}; median of {args.runs} round-robin runs "
+          f"{load_before:.2f} -> {load_mid:.2f} (timing) -> {load_after:.2f}; median of {args.runs} runs ({args.timing}) "
           f"after {args.warmup} warm-up; int8 calibrated on {len(calib)} train photos in {quantize_s:.1f} s")
     iou_head = f"IoU test ({n_test})" if n_test else "IoU"
     if light_note:
@@ -216,11 +248,12 @@ def main(argv: list[str] | None = None) -> None:
         iou = f"{ious[key]:.4f}" if ious[key] is not None else "-"
         diff = f"{diffs[key]:.2e}" if diffs[key] is not None else "-"
         print(f"| {key:<44} | {ms:>9.1f} | {base / ms:>7.2f}x | {cpu_ms[key]:>11.1f} | {diff:>18} | {iou:>14} |")
-    # the candidates for serving: int8 ONNX or bf16 eager, of a model whose IoU can be measured
-    fast_keys = [k for k in medians if ("int8" in k or "bf16" in k) and "untrained" not in k]
+    # the candidates for shipping: exported files (ONNX, TorchScript; any precision) of a model whose IoU can be
+    # measured, i.e. not eager PyTorch and not the untrained light variant
+    fast_keys = [k for k in medians if ("onnx" in k or "torchscript" in k) and "untrained" not in k]
     fastest = min(fast_keys, key=medians.get)
     verdict = "meets" if medians[fastest] <= args.bar_ms else "misses"
-    print(f"\nfastest int8 / bf16 variant with a measured model: {fastest}: median {medians[fastest]:.1f} ms {verdict} the "
+    print(f"\nfastest exported variant with a measured model: {fastest}: median {medians[fastest]:.1f} ms {verdict} the "
           f"{args.bar_ms:g} ms bar (load average {load_mid:.2f} on {os.cpu_count()} CPUs; the bar is for an idle "
           f"machine)")
     print(json.dumps({"model": f"Unet({encoder})", "checkpoint": str(args.checkpoint) if args.checkpoint else None,

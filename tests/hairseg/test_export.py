@@ -27,7 +27,7 @@ from hairseg.registry import (
 )
 
 SIZE = 64
-FAST = ["--runs", "1", "--warmup", "0"]
+FAST = ["--runs", "1", "--warmup", "0", "--bf16", "off"]  # the bf16 archive: test_export_int8.py
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_int8_export_and_metrics_measured_on_the_test_split(tmp_path, checkpoint
     assert metrics["split"] == "test" and metrics["n_images"] == 2 and metrics["data"] == str(figaro_root)
     test_names = {s.image for s in find_samples(figaro_root, "test")}
     assert test_names.isdisjoint(s.image for s in find_samples(figaro_root, "train"))
-    for key in ("eager", "torchscript", "onnx", "onnx_int8"):
+    for key in ("eager", "onnx", "onnx_int8"):  # TorchScript fp32: parity with eager checked, not re-scored
         assert 0 <= metrics[key]["iou"] <= 1
     assert abs(metrics["onnx"]["iou"] - metrics["eager"]["iou"]) < 1e-3
     session = ort.InferenceSession(str(out / entry["onnx_int8_file"]), providers=["CPUExecutionProvider"])

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from hairseg.data import HairSegDataset, find_samples, load_image
-from hairseg.export import INT8_IOU_TOLERANCE, serve_choice
+from hairseg.export import INT8_IOU_TOLERANCE, SHIPPED_FILES, serve_choice, shipped_choice
 from hairseg.export import main as export_main
-from hairseg.inference import OnnxPredictor, TorchPredictor, read_onnx_metadata
+from hairseg.inference import OnnxPredictor, TorchPredictor, TorchScriptPredictor, read_onnx_metadata
 from hairseg.models import DECODER_CHANNELS, LIGHT_DECODER_CHANNELS, build_model, parse_decoder_channels
 from hairseg.registry import RegistryError, latest_entry, model_file
 
@@ -52,7 +52,7 @@ def trained(tmp_path_factory, figaro_root) -> Path:
 def test_int8_export_matches_fp32_and_is_served(tmp_path, trained, figaro_root, capsys):
     out = tmp_path / "models"
     argv = ["--checkpoint", str(trained), "--out", str(out), "--quantize", "int8", "--calibration-images", "4",
-            "--eval-limit", "8", "--runs", "1", "--warmup", "0"]
+            "--eval-limit", "8", "--runs", "1", "--warmup", "0", "--bf16", "on"]
     assert export_main(argv) == 0
     entry = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
@@ -95,6 +95,18 @@ def test_int8_export_matches_fp32_and_is_served(tmp_path, trained, figaro_root, 
     assert model_file(registry, entry, "onnx_fp32") == (out / entry["onnx_file"]).resolve()
     assert model_file(registry, entry, "onnx_int8") == int8_file.resolve()
 
+    # the bf16 TorchScript archive: float32 in and out, IoU measured, and the shipped variant is the fastest
+    # one whose quality held (a float32 file, or a reduced-precision one within 0.01 of eager)
+    bf16 = TorchScriptPredictor(out / entry["bf16_file"])
+    assert bf16.metadata["precision"] == "bf16" and bf16.predict_logits(batch).dtype == np.float32
+    c = bf16.predict_logits(batch) > 0
+    assert (a & c).sum() / max(1, (a | c).sum()) > 0.9
+    assert abs(metrics["torchscript_bf16"]["iou"] - metrics["eager"]["iou"]) <= INT8_VS_FP32_IOU
+    latency = {k: v for k, v in entry["cpu_latency_ms"].items() if k != "eager"}
+    assert set(latency) == set(SHIPPED_FILES)
+    assert (entry["shipped"], entry["shipped_reason"]) == shipped_choice(latency, metrics)
+    assert model_file(registry, entry, "shipped") == (out / entry[SHIPPED_FILES[entry["shipped"]]]).resolve()
+
 
 def test_serve_choice_closed_form():
     def m(fp32: float, int8: float) -> dict:
@@ -108,6 +120,49 @@ def test_serve_choice_closed_form():
     with pytest.raises(RegistryError, match="onnx_int8_file"):
         model_file("r.json", {"version": "1.0", "onnx_file": "a.onnx"}, "onnx_int8")
     assert model_file("r.json", {"version": "1.0", "onnx_file": "a.onnx", "serve": "onnx"}).name == "a.onnx"
+
+
+def test_shipped_choice_closed_form():
+    """Fastest eligible variant: float32 files always, int8 / bf16 only with a measured IoU within 0.01 of eager's."""
+    ms = {"onnx": 50.0, "torchscript": 40.0, "onnx_int8": 30.0, "torchscript_bf16": 20.0}
+
+    def m(int8: float, bf16: float) -> dict:
+        return {"split": "test", "n_images": 5, "eager": {"iou": 0.90}, "onnx_int8": {"iou": int8},
+                "torchscript_bf16": {"iou": bf16}}
+
+    assert shipped_choice(ms, m(0.90, 0.90 - INT8_IOU_TOLERANCE + 1e-6))[0] == "torchscript_bf16"
+    assert shipped_choice(ms, m(0.90, 0.85))[0] == "onnx_int8"
+    choice, why = shipped_choice(ms, m(0.85, 0.85))
+    assert choice == "torchscript" and "40.0 ms" in why
+    assert shipped_choice(ms, None)[0] == "torchscript"  # nothing measured: no reduced precision
+    assert shipped_choice({"onnx": 5.0, "torchscript_bf16": 1.0}, {"eager": {"iou": 0.9}})[0] == "onnx"
+    with pytest.raises(ValueError, match="no float32 variant"):
+        shipped_choice({"onnx_int8": 1.0}, m(0.9, 0.9))
+    # entries written before "shipped" existed are served their ONNX file
+    assert model_file("r.json", {"version": "1.0", "onnx_file": "a.onnx", "serve": "onnx"}, "shipped").name == "a.onnx"
+    assert model_file("r.json", {"version": "1.0", "onnx_file": "a.onnx", "file": "a.pt", "bf16_file": "a.bf16.pt",
+                                 "shipped": "torchscript_bf16"}, "shipped").name == "a.bf16.pt"
+
+
+def test_bf16_torchscript_archive_matches_eager_within_bf16_rounding(tmp_path):
+    """``export_torchscript(precision="bf16")`` (new in issue 12: the old function took no precision) writes a
+    channels-last bf16 network behind a float32 interface; logits agree with fp32 up to bf16 rounding."""
+    from hairseg.export import export_torchscript
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", decoder_channels=LIGHT).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    for precision, atol in (("fp32", 1e-4), ("bf16", 0.25)):
+        path = tmp_path / f"m.{precision}.pt"
+        export_torchscript(model, path, {"image_size": SIZE}, x[:1], precision=precision)
+        got = TorchScriptPredictor(path).predict_logits(x.numpy())
+        with torch.no_grad():
+            ref = model(x).numpy()
+        assert got.dtype == np.float32 and got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, atol=atol * max(1.0, float(np.abs(ref).max())))
+    assert next(model.parameters()).dtype == torch.float32  # the caller's model is not cast
+    with pytest.raises(ValueError, match="precision"):
+        export_torchscript(model, tmp_path / "x.pt", {}, x[:1], precision="fp16")
 
 
 def test_decoder_channels_parse_build_and_reload(tmp_path):

@@ -190,6 +190,19 @@ def test_presets_parse(preset, size, batch, rid_root):
         assert cfg.max_samples == 10 and cfg.num_workers == 2
 
 
+def test_cpu_superstructures_preset_trains_superstructures_at_native_resolution(rid_root):
+    """The preset behind the superstructure figure in bench/RESULTS.md: native-resolution crops (crop = image
+    size), class-balanced crops and class weights, selected on val mIoU."""
+    from mlcore.cli import parse_config
+    from roofseg.config import RoofSegConfig
+
+    cfg = parse_config(RoofSegConfig, ["--config", "cpu_superstructures", "--data", str(rid_root)],
+                       prog="roofseg-train", presets_package="roofseg")
+    assert cfg.task == "superstructures" and cfg.crop_size == cfg.image_size == 256
+    assert cfg.superstructure_crops == 0.8 and cfg.sup_class_weights == "auto"
+    assert cfg.monitor == "val_superstructures_miou" and cfg.monitor_mode == "max"
+
+
 def test_corrupt_tile_stops_with_one_line_naming_it(tmp_path, capsys):
     root = tmp_path / "airs"
     for d in ("image", "label"):

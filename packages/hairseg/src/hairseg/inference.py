@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Mapping
@@ -42,6 +43,8 @@ from hairseg.data import IMAGENET_MEAN, IMAGENET_STD, letterbox_shape, preproces
 from hairseg.recolor import postprocess_mask
 from mlcore.export import quiet_export_warnings as quiet_torchscript_warnings
 from mlcore.export import read_onnx_metadata
+
+log = logging.getLogger("hairseg.inference")
 
 METADATA_KEYS: tuple[str, ...] = ("image_size", "mean", "std", "encoder", "version")
 """Keys of the metadata stored in exported files (TorchScript ``hairseg.json``, ONNX ``metadata_props``)."""
@@ -296,6 +299,12 @@ class TorchScriptPredictor(_ModelPredictor):
         except RuntimeError:  # e.g. an archive that was saved frozen already
             pass
         self.name = f"torchscript:{self.path.name}"
+        if meta.get("precision") == "bf16" and self.device.type == "cpu":
+            from mlcore.devices import cpu_native_bf16
+
+            if cpu_native_bf16() is None:
+                log.warning("%s holds bfloat16 weights but this CPU has no native bf16 (AMX / AVX512_BF16): it runs "
+                            "emulated, slower than the float32 archive", self.path)
 
     def predict_logits(self, batch: np.ndarray) -> np.ndarray:
         """``(N, 3, S, S) float32`` ImageNet-normalised -> ``(N, 1, S, S) float32`` logits."""
@@ -468,12 +477,14 @@ def cached_predictor(model: str | Path, *, device: str = "cpu", hair_class: int 
 cached_predictor.cache_clear = _cached.cache_clear  # type: ignore[attr-defined]
 
 
-def default_model_path(fmt: str = "onnx") -> Path:
+def default_model_path(fmt: str = "shipped") -> Path:
     """The model :func:`segment_hair` uses when none is given.
 
     ``$HAIRSEG_MODEL`` (a model file) wins; otherwise the newest entry (highest version) of the
-    ``model_registry.json`` named by ``$HAIRSEG_REGISTRY``, its ONNX file by default (``fmt="onnx"``, the
-    fastest CPU backend in ``bench/hairseg_latency.py``) or its TorchScript file (``fmt="torchscript"``).
+    ``model_registry.json`` named by ``$HAIRSEG_REGISTRY``: by default the variant it ships
+    (``fmt="shipped"``: the fastest one measured at export whose IoU held, e.g. the bf16 TorchScript archive;
+    the ONNX file for entries written before that choice existed), or ``fmt`` as
+    :func:`hairseg.registry.model_file` takes it (``"onnx"``, ``"torchscript"``, ...).
 
     Raises:
         ModelNotConfiguredError: neither variable is set, or the registry has no entry.

@@ -115,7 +115,10 @@ def model_file(path: str | Path, entry: dict[str, Any], fmt: str = "onnx") -> Pa
     """Absolute path of an entry's model: ``fmt="onnx"`` -> the ONNX file the entry serves (``onnx_int8_file``
     when ``entry["serve"] == "onnx_int8"``, i.e. ``hairseg-export --quantize`` measured its IoU within 0.01 of
     fp32's; else ``onnx_file``), ``"onnx_fp32"`` -> ``onnx_file``, ``"onnx_int8"`` -> ``onnx_int8_file``,
-    ``"torchscript"`` -> ``file``, ``"tflite"`` -> ``tflite_file`` (a MediaPipe Tasks image-segmentation model).
+    ``"torchscript"`` -> ``file``, ``"torchscript_bf16"`` -> ``bf16_file``, ``"tflite"`` -> ``tflite_file`` (a
+    MediaPipe Tasks image-segmentation model), ``"shipped"`` -> the file of ``entry["shipped"]`` (the fastest
+    variant whose IoU held at export, :func:`hairseg.export.shipped_choice`; the ``"onnx"`` file for entries
+    without it).
 
     An entry that holds only a ``tflite_file`` (a registered MediaPipe model: the seed's zero-train route)
     returns it whatever ``fmt`` asks for, so it is served like any exported model.
@@ -123,8 +126,13 @@ def model_file(path: str | Path, entry: dict[str, Any], fmt: str = "onnx") -> Pa
     Raises:
         RegistryError: unknown ``fmt`` or the entry has no such file.
     """
+    shipped = {"onnx": "onnx_file", "onnx_int8": "onnx_int8_file", "torchscript": "file",
+               "torchscript_bf16": "bf16_file"}.get(entry.get("shipped", ""))
     keys = {"onnx": "onnx_int8_file" if entry.get("serve") == "onnx_int8" else "onnx_file", "onnx_fp32": "onnx_file",
-            "onnx_int8": "onnx_int8_file", "torchscript": "file", "tflite": "tflite_file"}
+            "onnx_int8": "onnx_int8_file", "torchscript": "file", "torchscript_bf16": "bf16_file",
+            "tflite": "tflite_file"}
+    # "shipped": the fastest variant whose quality held at export; entries written before it existed: the ONNX one
+    keys["shipped"] = shipped or keys["onnx"]
     if fmt not in keys:
         raise RegistryError(f"fmt: expected one of {list(keys)}, got {fmt!r}")
     name = entry.get(keys[fmt])
