@@ -127,12 +127,26 @@ def test_phases_by_motion_calm_first_and_by_column():
 
 def test_val_split_auto_and_named(videos_root, probe_cache):
     index = build_index(videos_root)
-    train, val = index.split("auto")
-    assert [c.path for c in val] == ["clips/fire2.mp4"] and len(train) == 4
-    train, val = index.split("bikes.mp4")
+    train, val, test = index.split("auto")
+    assert [c.path for c in val] == ["clips/fire2.mp4"] and len(train) == 4 and test == []
+    train, val, test = index.split("bikes.mp4")
     assert [c.name for c in val] == ["bikes.mp4"]
     with pytest.raises(DataError, match="--val-clips"):
         index.split("nope.mp4")
+
+
+def test_test_clips_are_disjoint_from_train_and_val(videos_root, probe_cache):
+    """Three splits (issue 14 / the guide): test clips are never trained on and never the val clips."""
+    index = build_index(videos_root)
+    train, val, test = index.split("auto", "auto")
+    assert [c.path for c in test] == ["clips/chaplin.mp4"] and [c.path for c in val] == ["clips/fire2.mp4"]
+    assert len(train) == 3 and not {c.path for c in train} & {c.path for c in val + test}
+    _, _, test = index.split("auto", "bikes.mp4,airplane_field.mp4")
+    assert [c.name for c in test] == ["bikes.mp4", "airplane_field.mp4"]
+    with pytest.raises(DataError, match="--test-clips"):
+        index.split("auto", "nope.mp4")
+    with pytest.raises(DataError, match="share clips/fire2.mp4"):
+        index.split("auto", "fire2.mp4")
 
 
 def _cut(src, dst, fraction=0.5):

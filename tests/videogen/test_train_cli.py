@@ -84,6 +84,9 @@ def test_eval_prints_metrics_beside_the_trilinear_baseline(vae_run, videos_root,
     assert {"psnr", "ssim", "psnr_trilinear", "psnr_area_trilinear"} <= set(res)
     assert res["lpips"] == "unavailable" and res["fvd_reconstruction"] == "unavailable"
     assert list(tmp_path.glob("recon_fire2_*.png"))
+    # --split test is never the val clip (it was before issue 14): this run held no test clip out
+    assert eval_main(["--checkpoint", str(run), "--data", str(videos_root), "--split", "test"]) == 1
+    assert "--test-clips" in capsys.readouterr().err
 
 
 def test_eval_uses_lpips_and_i3d_when_given_as_files(vae_run, videos_root, capsys, tmp_path):
@@ -366,7 +369,7 @@ def test_first_update_of_every_stage_with_the_model_on_the_meta_device(stage, va
     strategy.device = torch.device("meta")
     model = model.to("meta")
     index = build_index(videos_root)
-    train_clips, _ = index.split(cfg.val_clips)
+    train_clips, _, _ = index.split(cfg.val_clips)
     if isinstance(model, TextToVideo):
         prepare_backbone(model, stats_loader(index.root, train_clips[:1], cfg), strategy)
         step = make_backbone_step(0.5)

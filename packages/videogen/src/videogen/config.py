@@ -47,6 +47,9 @@ class VideoGenConfig(TrainConfig):
     frame_stride: int = opt(1, "source-frame stride when --fps is none")
     cache_frames: bool = opt(False, "decode each clip once into memory at the training scale (small datasets)")
     val_clips: str = opt("auto", "held-out clips: auto (every 5th clip by path), none, or comma-separated names")
+    test_clips: str = opt("none", "clips reported only (never trained on, never used to select): none, auto (every "
+                          "5th clip by path, starting with the 4th) or comma-separated names; "
+                          "videogen-eval --split test scores them")
     val_windows: int = opt(2, "evenly spaced windows evaluated per held-out clip")
     curriculum: str = opt("seed", "curriculum YAML: a name in videogen/configs/curricula or a file")
     start_phase: int = opt(1, "first curriculum phase to run (N > 1 starts from checkpoints/phase{N-1}/best.pt)")

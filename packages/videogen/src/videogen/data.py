@@ -75,32 +75,44 @@ class ClipIndex:
     clips: list[ClipInfo]
     skipped: dict[str, str] = field(default_factory=dict)
 
-    def split(self, val_clips: str) -> tuple[list[ClipInfo], list[ClipInfo]]:
-        """``(train, val)`` clips. ``val_clips`` is ``"none"``, ``"auto"`` (every 5th clip in sorted
-        path order, starting with the 5th: with the 5 sample clips, ``clips/fire2.mp4``) or a
-        comma-separated list of clip paths or file names.
+    def _pick(self, ordered: list[ClipInfo], spec: str, flag: str, auto_index: int) -> list[ClipInfo]:
+        if spec == "none":
+            return []
+        if spec == "auto":
+            return [c for i, c in enumerate(ordered) if i % 5 == auto_index]
+        picked = []
+        for w in (w.strip() for w in spec.split(",")):
+            if not w:
+                continue
+            hit = [c for c in ordered if c.path == w or c.name == w]
+            if not hit:
+                raise DataError(f"{flag}: {w!r} is not a clip of {self.root / CAPTIONS} "
+                                f"(clips: {', '.join(c.path for c in ordered)})")
+            picked.extend(hit)
+        return picked
+
+    def split(self, val_clips: str, test_clips: str = "none") -> tuple[list[ClipInfo], list[ClipInfo], list[ClipInfo]]:
+        """``(train, val, test)`` clips: val selects checkpoints and tunes; test is reported only.
+
+        ``val_clips`` is ``"none"``, ``"auto"`` (every 5th clip in sorted path order, starting with the 5th: with
+        the 5 sample clips, ``clips/fire2.mp4``; the last clip when there are fewer than 5 but more than one) or
+        a comma-separated list of clip paths or file names. ``test_clips`` the same, with ``"auto"`` taking every
+        5th clip starting with the 4th (``clips/chaplin.mp4`` of the samples); default ``"none"``.
 
         Raises:
-            DataError: a named validation clip is not in the index.
+            DataError: a named clip is not in the index, or a clip is both val and test.
         """
         ordered = sorted(self.clips, key=lambda c: c.path)
-        if val_clips == "none":
-            return ordered, []
-        if val_clips == "auto":
-            val = [c for i, c in enumerate(ordered) if i % 5 == 4]
-            if not val and len(ordered) > 1:
-                val = [ordered[-1]]
-        else:
-            wanted = [w.strip() for w in val_clips.split(",") if w.strip()]
-            val = []
-            for w in wanted:
-                hit = [c for c in ordered if c.path == w or c.name == w]
-                if not hit:
-                    raise DataError(f"--val-clips: {w!r} is not a clip of {self.root / CAPTIONS} "
-                                    f"(clips: {', '.join(c.path for c in ordered)})")
-                val.extend(hit)
-        names = {c.path for c in val}
-        return [c for c in ordered if c.path not in names], val
+        val = self._pick(ordered, val_clips, "--val-clips", 4)
+        if val_clips == "auto" and not val and len(ordered) > 1:
+            val = [ordered[-1]]
+        test = self._pick(ordered, test_clips, "--test-clips", 3)
+        both = {c.path for c in val} & {c.path for c in test}
+        if both:
+            raise DataError(f"--val-clips and --test-clips share {', '.join(sorted(both))}: a clip that selects "
+                            "checkpoints cannot also report the figure")
+        held = {c.path for c in val} | {c.path for c in test}
+        return [c for c in ordered if c.path not in held], val, test
 
 
 def find_root(data: str | Path) -> Path:

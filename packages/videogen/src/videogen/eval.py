@@ -101,10 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             path, reason = next(iter(index.skipped.items()))
             more = f" (and {len(index.skipped) - 1} more)" if len(index.skipped) > 1 else ""
             raise DataError(f"unreadable clip {path}{more}: {reason}; fix or remove it from captions.csv")
-        train_clips, val_clips = index.split(cfg.get("val_clips", "auto"))
-        clips = {"train": train_clips, "val": val_clips, "test": val_clips, "all": index.clips}[args.split]
+        train_clips, val_clips, test_clips = index.split(cfg.get("val_clips", "auto"), cfg.get("test_clips", "none"))
+        # test is never the val clips (until issue 14 it was: a figure from the clip that tuned the run)
+        clips = {"train": train_clips, "val": val_clips, "test": test_clips, "all": index.clips}[args.split]
         if not clips:
-            raise DataError(f"--split {args.split}: no clips in {index.root} for this split")
+            hint = " (the run held none out: train with --test-clips auto or NAMES)" if args.split == "test" else ""
+            raise DataError(f"--split {args.split}: no clips in {index.root} for this split{hint}")
         windows = args.windows or int(cfg.get("val_windows", 2))
         ds = VideoClipDataset(index.root, clips, num_frames=int(cfg["num_frames"]), size=int(cfg["image_size"]),
                               fps=cfg.get("fps"), stride=int(cfg.get("frame_stride", 1)), train=False,

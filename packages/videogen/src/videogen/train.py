@@ -528,13 +528,13 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
     elif not cfg.resume:
         write_json_atomic(base_file, {k: getattr(cfg, k) for k in ("epochs", "batch_size", "lr")})
     index = build_index(cfg.data, cache_dir=cfg.cache_dir)
-    train_clips, val_clips = index.split(cfg.val_clips)
+    train_clips, val_clips, test_clips = index.split(cfg.val_clips, cfg.test_clips)
     if not train_clips:
-        raise DataError(f"--val-clips {cfg.val_clips}: no clip left for training")
+        raise DataError(f"--val-clips {cfg.val_clips} --test-clips {cfg.test_clips}: no clip left for training")
     by_phase = assign_phases(train_clips)
-    log.info("clips: %d train (%s), %d held out for validation (%s), %d skipped", len(train_clips),
+    log.info("clips: %d train (%s), %d held out for validation (%s), %d for test (%s), %d skipped", len(train_clips),
              ", ".join(c.name for c in train_clips), len(val_clips), ", ".join(c.name for c in val_clips) or "none",
-             len(index.skipped))
+             len(test_clips), ", ".join(c.name for c in test_clips) or "none", len(index.skipped))
 
     model = build_model(cfg)
     if cfg.weights and not cfg.resume and start_ckpt is None:
@@ -663,6 +663,7 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
                 "stage": cfg.stage, "model_size": cfg.model_size, "parameters": n_params,
                 "trainable_parameters": n_train, "estimated_memory_gib": mem,
                 "train_clips": [c.path for c in train_clips], "val_clips": [c.path for c in val_clips],
+                "test_clips": [c.path for c in test_clips],
                 "skipped_clips": {**index.skipped, **bad_log.entries()}, "phases": [phase_rows[k] for k in sorted(phase_rows)]})
         if not summary.get("completed", True):
             break
