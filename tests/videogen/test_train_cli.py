@@ -40,6 +40,9 @@ def test_phase_one_writes_the_run_directory_contract(vae_run):
         assert (run / f).is_file(), f
     summary = json.loads((run / "training_summary.json").read_text())
     assert summary["val_clips"] == ["clips/fire2.mp4"] and len(summary["train_clips"]) == 4
+    split = json.loads((run / "split.json").read_text())  # the clips of each split, as every domain writes them
+    assert split["splits"]["val"] == ["clips/fire2.mp4"] and split["splits"]["test"] == []
+    assert sorted(split["splits"]["train"]) == sorted(summary["train_clips"]) and split["counts"]["train"] == 4
     (p1,) = summary["phases"]
     assert p1["phase"] == 1 and p1["clips"] == ["clips/bigbuckbunny.mp4"]  # the calmest clip first
     assert p1["completed"] and p1["updates"] == 1 and p1["train_loss"] and p1["val_loss"]

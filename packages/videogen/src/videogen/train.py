@@ -31,6 +31,7 @@ import mlcore  # noqa: F401  (allocator environment variables before torch initi
 from mlcore import BadSampleLog, Callback, Trainer, make_loader
 from mlcore.checkpoint import CheckpointError, atomic_save, load_checkpoint
 from mlcore.cli import train_main
+from mlcore.data import write_split_json
 from mlcore.metrics import Metric
 from mlcore.runlog import write_json_atomic
 from mlcore.seed import seed_everything
@@ -601,6 +602,10 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
                      len(latent_cache.latents))
     stats_dl = stats_loader(index.root, train_clips, cfg, bad_log) if cfg.stage == "vae" else None
 
+    if trainer.logger.enabled:  # the clips of each split, as every domain writes them
+        write_split_json(run_dir / "split.json", {k: [c.path for c in v] for k, v in
+                                                   (("train", train_clips), ("val", val_clips), ("test", test_clips))},
+                         root=index.root, val_clips=cfg.val_clips, test_clips=cfg.test_clips)
     summary_file = run_dir / "training_summary.json"
     try:
         previous = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
