@@ -281,7 +281,7 @@ def test_flags_given_always_win_and_help_shows_one_default(videos_root, capsys):
     from mlcore.cli import parse_config
     from videogen.train import phase_config
 
-    phase = load_curriculum("cpu")[0]  # epochs 6, batch 4, lr 1e-3
+    phase = load_curriculum("cpu")[0]  # epochs 12, batch 4, lr 1e-3
     d = ["--data", str(videos_root)]
     cfg = parse_config(VideoGenConfig, [*d, "--config", "cpu", "--lr", "1e-4", "--epochs", "20", "--batch-size", "4"],
                        prog="videogen-train", presets_package="videogen")
@@ -289,7 +289,7 @@ def test_flags_given_always_win_and_help_shows_one_default(videos_root, capsys):
     assert (pcfg.lr, pcfg.epochs, pcfg.batch_size) == (1e-4, 20, 4)  # equal to the old defaults, still applied
     plain = phase_config(parse_config(VideoGenConfig, [*d, "--config", "cpu"], prog="videogen-train",
                                       presets_package="videogen"), phase, 10)
-    assert (plain.lr, plain.epochs, plain.batch_size) == (1e-3, 6, 4)  # the curriculum's
+    assert (plain.lr, plain.epochs, plain.batch_size) == (1e-3, 12, 4)  # the curriculum's
     assert train_main(["--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     text = text[text.index("options:"):]  # past the usage line
