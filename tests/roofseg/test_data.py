@@ -292,3 +292,11 @@ def test_auto_class_weights_favour_rare_classes(rid_root):
     w = superstructure_class_weights(find_samples(rid_root, "train", "superstructures"))
     assert len(w) == 9 and w[8] == min(w) and w[8] < 1 < max(w) <= 10
     assert eval_image_size(256, 256) == 512 and eval_image_size(256, None) == 256
+
+
+def test_data_error_is_the_shared_mlcore_class():
+    """One DataError for every domain (it was a separate roofseg class that mlcore-level handlers missed)."""
+    import mlcore.data
+    import roofseg.data
+
+    assert roofseg.data.DataError is mlcore.data.DataError

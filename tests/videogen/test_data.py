@@ -216,3 +216,11 @@ def test_complete_clips_still_decode_to_the_end(videos_root):
         info = probe_clip(path)
         clip = read_clip(path, 8, fps=None, stride=1, start=info["duration"], info=info)  # the last frames
         assert clip.shape[0] == 8
+
+
+def test_data_error_is_the_shared_mlcore_class():
+    """One DataError for every domain (it was a separate videogen class that mlcore-level handlers missed)."""
+    import mlcore.data
+    import videogen.data
+
+    assert videogen.data.DataError is mlcore.data.DataError

@@ -4,6 +4,13 @@ Indexes (Food-101's own layout, the seed's parquet index), the dataset, evaluati
 prediction are the shared classification toolkit's (:mod:`mlcore.vision`); only the augmentation is
 food's own. Every random draw comes from the global torch RNG at call time, so mlcore's per-sample
 re-seeding (:class:`mlcore.data.SeededDataset`) makes it reproducible.
+
+Why four small transforms of our own: torchvision.transforms.v2 (the workspace's CPU transform library,
+DESIGN.md) has no transform with the seed's albumentations semantics for these four. ``ColorJitter``
+brightness is multiplicative, not additive. ``GaussianNoise`` takes a fixed sigma, not a variance drawn
+per image. ``GaussianBlur`` draws sigma, not the kernel size. ``RandomErasing`` cuts one hole, not a
+fixed count. The four modules below reproduce albumentations 1.x exactly as the seed configures them,
+without adding albumentations (and its OpenCV pin) as a dependency for four lines each.
 """
 
 from __future__ import annotations

@@ -98,8 +98,9 @@ class ServingModule(torch.nn.Module):
     and returning float32 logits, so loaders need not know the archive's precision.
 
     Why: oneDNN runs the frozen graph's convolutions without layout reorders when weights and input are
-    ``channels_last`` (a frozen light U-Net at 384 px: 41 ms vs ONNX Runtime's 52 ms, alone on 2 cores), and in
-    bf16 on CPUs with AMX / AVX512_BF16 (26 ms; ``bench/hairseg_latency.py``).
+    ``channels_last``, and in bf16 on CPUs with AMX / AVX512_BF16. For the ``cpu`` preset's U-Net at 384 px,
+    alone on 2 cores (``bench/hairseg_latency.py``, bench/RESULTS.md): fp32 61 ms vs ONNX Runtime's 64 ms,
+    bf16 37 ms.
 
     Shapes: ``(N, 3, S, S)`` float32 normalised RGB -> ``(N, 1, S, S)`` float32 logits.
     """

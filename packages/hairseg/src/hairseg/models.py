@@ -214,8 +214,6 @@ def normalization(encoder: str) -> tuple[tuple[float, float, float], tuple[float
     return tuple(IMAGENET_MEAN), tuple(IMAGENET_STD)
 
 
-
-
 def load_weights(model: torch.nn.Module, weights: str | Path) -> None:
     """Load a checkpoint file into ``model`` strictly (see :func:`build_model`'s ``weights``), through
     mlcore's safe loader (:func:`mlcore.checkpoint.load_model_weights`, ``expect_domain="hairseg"``).

@@ -35,16 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from mlcore.data import BadSampleLog
+from mlcore.data import BadSampleLog, DataError  # DataError: the one shared by every domain
 
 log = logging.getLogger("videogen.data")
 
 CAPTIONS = "captions.csv"
 NUM_PHASES = 5
-
-
-class DataError(ValueError):
-    """The dataset folder, its ``captions.csv`` or a clip is unusable; the message names the file."""
 
 
 @dataclass

@@ -31,6 +31,8 @@ import shapely.wkt
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.strtree import STRtree
 
+from mlcore.data import DataError  # the one shared by every domain (re-exported by roofseg.data)
+
 SUPERSTRUCTURE_CLASSES: tuple[str, ...] = (
     "pvmodule", "dormer", "window", "ladder", "chimney", "shadow", "tree", "unknown", "background")
 """RID's superstructure classes in mask order (index 8 = background)."""
@@ -41,10 +43,6 @@ SECTOR_NAMES: dict[int, tuple[str, ...]] = {
     16: ("N", "NNE", "NE", "ENE", "E", "ESE", "SE", "SSE", "S", "SSW", "SW", "WSW", "W", "WNW", "NW", "NNW"),
 }
 """Azimuth sector names of RID's three segment schemes (RID ``definitions.py``), clockwise from north."""
-
-
-class DataError(ValueError):
-    """A dataset file is missing, unreadable or inconsistent; the message names the file."""
 
 
 def segment_classes(sectors: int) -> tuple[str, ...]:
