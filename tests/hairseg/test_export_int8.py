@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from hairseg.data import HairSegDataset, find_samples, load_image
-from hairseg.export import INT8_IOU_TOLERANCE, SHIPPED_FILES, serve_choice, shipped_choice
+from hairseg.export import INT8_IOU_TOLERANCE, serve_choice, shipped_choice
 from hairseg.export import main as export_main
 from hairseg.inference import OnnxPredictor, TorchPredictor, TorchScriptPredictor, read_onnx_metadata
 from hairseg.models import DECODER_CHANNELS, LIGHT_DECODER_CHANNELS, build_model, parse_decoder_channels
-from hairseg.registry import RegistryError, latest_entry, model_file
+from hairseg.registry import VARIANT_FILES, RegistryError, latest_entry, model_file
 
 SIZE = 64
 LIGHT = (32, 16, 16, 8, 8)
@@ -103,9 +103,9 @@ def test_int8_export_matches_fp32_and_is_served(tmp_path, trained, figaro_root, 
     assert (a & c).sum() / max(1, (a | c).sum()) > 0.9
     assert abs(metrics["torchscript_bf16"]["iou"] - metrics["eager"]["iou"]) <= INT8_VS_FP32_IOU
     latency = {k: v for k, v in entry["cpu_latency_ms"].items() if k != "eager"}
-    assert set(latency) == set(SHIPPED_FILES)
+    assert set(latency) == set(VARIANT_FILES)
     assert (entry["shipped"], entry["shipped_reason"]) == shipped_choice(latency, metrics)
-    assert model_file(registry, entry, "shipped") == (out / entry[SHIPPED_FILES[entry["shipped"]]]).resolve()
+    assert model_file(registry, entry, "shipped") == (out / entry[VARIANT_FILES[entry["shipped"]]]).resolve()
 
 
 def test_serve_choice_closed_form():

@@ -111,6 +111,11 @@ def append_entry(path: str | Path, entry: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+VARIANT_FILES: dict[str, str] = {"onnx": "onnx_file", "onnx_int8": "onnx_int8_file", "torchscript": "file",
+                                  "torchscript_bf16": "bf16_file"}
+"""Registry-entry key of each exported variant's file (``entry["shipped"]`` names one of these variants)."""
+
+
 def model_file(path: str | Path, entry: dict[str, Any], fmt: str = "onnx") -> Path:
     """Absolute path of an entry's model: ``fmt="onnx"`` -> the ONNX file the entry serves (``onnx_int8_file``
     when ``entry["serve"] == "onnx_int8"``, i.e. ``hairseg-export --quantize`` measured its IoU within 0.01 of
@@ -126,8 +131,7 @@ def model_file(path: str | Path, entry: dict[str, Any], fmt: str = "onnx") -> Pa
     Raises:
         RegistryError: unknown ``fmt`` or the entry has no such file.
     """
-    shipped = {"onnx": "onnx_file", "onnx_int8": "onnx_int8_file", "torchscript": "file",
-               "torchscript_bf16": "bf16_file"}.get(entry.get("shipped", ""))
+    shipped = VARIANT_FILES.get(entry.get("shipped", ""))
     keys = {"onnx": "onnx_int8_file" if entry.get("serve") == "onnx_int8" else "onnx_file", "onnx_fp32": "onnx_file",
             "onnx_int8": "onnx_int8_file", "torchscript": "file", "torchscript_bf16": "bf16_file",
             "tflite": "tflite_file"}
