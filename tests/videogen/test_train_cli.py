@@ -198,6 +198,8 @@ def test_bad_flags_exit_2_with_one_line(videos_root, capsys):
     assert "--num-frames must be a positive multiple of 4" in capsys.readouterr().err
     assert train_main(["--data", str(videos_root), "--stage", "backbone"]) == 2
     assert "--stage backbone needs --vae" in capsys.readouterr().err
+    assert train_main(["--data", str(videos_root), "--hflip", "2"]) == 2
+    assert "--hflip must be a probability in [0, 1] (got 2.0)" in capsys.readouterr().err
     assert train_main(["--data", str(videos_root), "--curriculum", "nope"]) == 2
     assert "unknown curriculum" in capsys.readouterr().err
 

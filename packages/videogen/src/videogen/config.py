@@ -46,6 +46,10 @@ class VideoGenConfig(TrainConfig):
     fps: float | None = opt(8.0, "sample frames at this rate (none: every --frame-stride-th source frame)")
     frame_stride: int = opt(1, "source-frame stride when --fps is none")
     cache_frames: bool = opt(False, "decode each clip once into memory at the training scale (small datasets)")
+    hflip: float = opt(0.0, "training augmentation: probability of mirroring a window left-right")
+    time_reverse: float = opt(0.0, "training augmentation: probability of playing a window backwards")
+    crop_scale: float = opt(1.0, "training augmentation: smallest area fraction of a random square crop, resized to "
+                                 "--image-size (timm's --scale at aspect 1; 1: crops of the full short side)")
     val_clips: str = opt("auto", "held-out clips: auto (every 5th clip by path), none, or comma-separated names")
     test_clips: str = opt("none", "clips reported only (never trained on, never used to select): none, auto (every "
                           "5th clip by path, starting with the 4th) or comma-separated names; "
@@ -99,6 +103,11 @@ class VideoGenConfig(TrainConfig):
             raise ConfigError(f"--num-frames must be a positive multiple of 4 (got {self.num_frames})")
         if self.fps is not None and not self.fps > 0:
             raise ConfigError(f"--fps must be > 0 or none (got {self.fps})")
+        for flag, p in (("--hflip", self.hflip), ("--time-reverse", self.time_reverse)):
+            if not 0.0 <= p <= 1.0:
+                raise ConfigError(f"{flag} must be a probability in [0, 1] (got {p})")
+        if not 0.0 < self.crop_scale <= 1.0:
+            raise ConfigError(f"--crop-scale must be in (0, 1] (got {self.crop_scale})")
         if self.frame_stride < 1 or self.val_windows < 1:
             raise ConfigError("--frame-stride and --val-windows must be >= 1")
         comp = self.spatial_compression

@@ -448,8 +448,12 @@ class VideoClipDataset(Dataset):
     """``samples`` training items drawn round-robin from ``clips``: item ``i`` is a ``T``-frame window
     of clip ``i % len(clips)``.
 
-    Training (``train=True``): random window start and random crop (from the global RNGs, which
-    :func:`mlcore.make_loader` seeds per (seed, epoch, index), so resume is exact). Evaluation:
+    Training (``train=True``): random window start and random crop (with ``crop_scale < 1``, a square of
+    a random fraction in [``crop_scale``, 1] of the area, resized to ``size``: timm's RandomResizedCrop
+    scale at aspect ratio 1), and with probability ``hflip``
+    a horizontal mirror and with probability ``time_reverse`` the frames in reverse order (all from
+    the global RNGs, which :func:`mlcore.make_loader` seeds per (seed, epoch, index), so resume is
+    exact). Evaluation:
     ``windows_per_clip`` evenly spaced windows per clip and a centre crop; ``samples`` is ignored.
 
     Items: ``{"video": (3, T, H, W) float32 in [0, 1], "caption": str, "index": int}``.
@@ -467,13 +471,29 @@ class VideoClipDataset(Dataset):
             from it: for small clip sets (the sample data, tests) where per-item decoding would
             dominate a step on a 2-core CPU. Off by default (per-item seek + decode).
         bad_log: where clips that fail to decode are recorded (default: a new one).
+        hflip, time_reverse: training augmentation probabilities in [0, 1] (ignored when ``train`` is
+            False): mirror left-right, play the window backwards.
+        crop_scale: smallest area fraction of a training crop, in (0, 1] (1: crops of the full short side).
+
+    Raises:
+        DataError: ``clips`` is empty.
+        ValueError: ``hflip`` or ``time_reverse`` outside [0, 1], ``crop_scale`` outside (0, 1].
     """
 
     def __init__(self, root: str | Path, clips: Sequence[ClipInfo], *, num_frames: int = 16, size: int = 256,
                  fps: float | None = 8.0, stride: int = 1, train: bool = True, samples: int | None = None,
-                 windows_per_clip: int = 1, cache_frames: bool = False, bad_log: BadSampleLog | None = None) -> None:
+                 windows_per_clip: int = 1, cache_frames: bool = False, bad_log: BadSampleLog | None = None,
+                 hflip: float = 0.0, time_reverse: float = 0.0, crop_scale: float = 1.0) -> None:
         if not clips:
             raise DataError(f"{root}: no clips to load")
+        for name, p in (("hflip", hflip), ("time_reverse", time_reverse)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1] (got {p})")
+        if not 0.0 < crop_scale <= 1.0:
+            raise ValueError(f"crop_scale must be in (0, 1] (got {crop_scale})")
+        self.hflip, self.time_reverse, self.crop_scale = hflip, time_reverse, crop_scale
+        # frames are loaded at this size, so the smallest crop still has ``size`` px of real detail
+        self.load_size = size if not (train and crop_scale < 1) else math.ceil(size / math.sqrt(crop_scale))
         self.root, self.clips = Path(root), list(clips)
         self.num_frames, self.size, self.fps, self.stride = num_frames, size, fps, stride
         self.train, self.cache_frames = train, cache_frames
@@ -509,8 +529,9 @@ class VideoClipDataset(Dataset):
             n = max(1, int(clip.duration * src_fps))
             frames = read_clip(self.root / clip.path, n, fps=self.fps, stride=self.stride, info=self._info(clip))
             _, _, H, W = frames.shape
-            scale = self.size / min(H, W)
-            frames = F.interpolate(frames, size=(max(self.size, round(H * scale)), max(self.size, round(W * scale))),
+            size = self.load_size
+            scale = size / min(H, W)
+            frames = F.interpolate(frames, size=(max(size, round(H * scale)), max(size, round(W * scale))),
                                    mode="bilinear", align_corners=False, antialias=True)
             self._cache[clip.path] = (frames.clamp(0, 1) * 255).round().to(torch.uint8)
         return self._cache[clip.path], self.fps or clip.fps / self.stride
@@ -523,9 +544,18 @@ class VideoClipDataset(Dataset):
             start = round(self._window_start(clip, index) * rate)
             start = min(max(start, 0), max(n - self.num_frames, 0))
             idx = torch.clamp(torch.arange(start, start + self.num_frames), max=n - 1)
-            return resize_crop(frames[idx].float().div_(255.0), self.size, crop)
-        return read_clip(self.root / clip.path, self.num_frames, fps=self.fps, stride=self.stride,
-                         start=self._window_start(clip, index), size=self.size, crop=crop, info=self._info(clip))
+            video = resize_crop(frames[idx].float().div_(255.0), self.load_size, crop)
+        else:
+            video = read_clip(self.root / clip.path, self.num_frames, fps=self.fps, stride=self.stride,
+                              start=self._window_start(clip, index), size=self.load_size, crop=crop,
+                              info=self._info(clip))
+        if self.load_size == self.size:
+            return video
+        n = self.load_size  # random-scale square crop, resized to size (antialiased)
+        side = max(self.size // 2, min(n, round(n * math.sqrt(random.uniform(self.crop_scale, 1.0)))))
+        top, left = random.randint(0, n - side), random.randint(0, n - side)
+        return F.interpolate(video[:, :, top:top + side, left:left + side], size=(self.size, self.size),
+                             mode="bilinear", align_corners=False, antialias=True).clamp_(0, 1)
 
     def clip_of(self, index: int) -> ClipInfo:
         """The clip item ``index`` is drawn from."""
@@ -539,7 +569,11 @@ class VideoClipDataset(Dataset):
             if clip.path in self._failed:
                 continue
             try:
-                video = self._load(clip, index)
+                video = self._load(clip, index)  # (T, 3, H, W)
+                if self.train and self.hflip and random.random() < self.hflip:
+                    video = video.flip(-1)
+                if self.train and self.time_reverse and random.random() < self.time_reverse:
+                    video = video.flip(0)
             except DataError as exc:
                 self._failed.add(clip.path)
                 self.bad_log.record(clip.path, str(exc))  # logs the warning with the path

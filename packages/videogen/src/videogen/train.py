@@ -624,7 +624,8 @@ def train(cfg: VideoGenConfig) -> dict[str, Any]:
         if latent_cache is not None:
             train_ds = latent_cache.dataset(clips, samples)
         else:
-            train_ds = VideoClipDataset(index.root, clips, train=True, samples=samples, **ds_kw)
+            train_ds = VideoClipDataset(index.root, clips, train=True, samples=samples, hflip=cfg.hflip,
+                                        time_reverse=cfg.time_reverse, crop_scale=cfg.crop_scale, **ds_kw)
         pcfg_probe = phase_config(cfg, ph, 1)
         loader = make_loader(train_ds, batch_size=pcfg_probe.batch_size, shuffle=True, seed=cfg.seed,
                              num_workers=cfg.num_workers if latent_cache is None else 0, collate_fn=collate,
