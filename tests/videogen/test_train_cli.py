@@ -280,7 +280,8 @@ def test_every_shipped_preset_parses(preset, videos_root, tmp_path):
     if preset == "cpu":  # the settings val chose in issue 14 (bench/RESULTS.md), inside the 20-minute budget
         assert (cfg.hflip, cfg.time_reverse, cfg.crop_scale, cfg.kl_weight) == (0.5, 0.5, 0.3, 1e-6)
         assert sum(-(-p["samples"] // p["batch_size"]) * p["epochs"] for p in load_curriculum(cfg.curriculum)) == 3608
-        assert cfg.time_budget_min is not None and cfg.time_budget_min <= 20
+        # a minute left for start-up and the last checkpoint: with 19.5 a slow run's command took 20 min 6 s
+        assert cfg.time_budget_min is not None and cfg.time_budget_min <= 19
 
 
 def test_flags_given_always_win_and_help_shows_one_default(videos_root, capsys):
