@@ -430,3 +430,44 @@ def test_bad_device_is_one_line_exit_2_in_every_videogen_command(videos_root, tm
         assert fn(argv) == 2, fn.__name__
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "--device" in err and "cuda" in err, err
+
+
+def test_update_log_counts_a_window_retried_after_oom_once(tmp_path):
+    """Regression: the per-update row averaged the micro-batch that ran before an out-of-memory error
+    together with the retry's halved micro-batches, so that micro-batch counted twice."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Dataset
+
+    from mlcore.config import TrainConfig
+    from mlcore.trainer import Trainer
+    from videogen.train import UpdateLog
+
+    class Values(Dataset):  # sample i has recon value i: an update's mean recon is known in closed form
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return {"x": torch.tensor([float(i)]), "index": i}
+
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second micro-batch of the first window (samples 2, 3) runs out of memory
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        recon = batch["x"].mean()
+        return {"loss": model(batch["x"]).mean() * 0 + recon, "recon": recon}
+
+    model = nn.Linear(1, 1)
+    cfg = TrainConfig(out=str(tmp_path / "run"), epochs=1, batch_size=2, accum_steps=2, lr=0.1, optimizer="sgd",
+                      num_workers=0, precision="fp32")
+    log = UpdateLog()
+    trainer = Trainer(model, cfg, log.wrap(step), callbacks=[log])
+    log.trainer = trainer
+    trainer.fit(DataLoader(Values(), batch_size=2, shuffle=False))
+    trainer.close()
+    assert trainer.oom_backoffs == 1
+    rows = [r for r in trainer.history if r["split"] == "train_update"]
+    assert [r["step"] for r in rows] == [1]
+    assert rows[0]["recon"] == pytest.approx((0 + 1 + 2 + 3) / 4)  # the old code: (0.5*2 + 0+1+2+3) / 6

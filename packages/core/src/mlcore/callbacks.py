@@ -28,6 +28,7 @@ class Callback:
         per epoch:
             per optimizer update:
                 on_train_batch_end x micro-batches of the accumulation window
+                [on_window_retry, then on_train_batch_end again x the halved micro-batches]   (OOM back-off)
                 on_update_end
                 [on_evaluate]               (--eval-every-steps)
             [on_evaluate]                   (--eval-every-epochs)
@@ -63,6 +64,11 @@ class Callback:
         detached (``outputs["loss"]``: the micro-batch's mean loss). A loaded batch is one micro-batch
         unless an out-of-memory back-off split it; a window retried after an OOM calls it again.
         ``state.stage_step`` still counts the updates before this window."""
+
+    def on_window_retry(self, trainer: Trainer, state: TrainState) -> None:
+        """An accumulation window ran out of memory and is about to be retried with halved micro-batches
+        (the OOM back-off): the failed attempt's gradients are dropped, so a callback that collects per-update
+        values from :meth:`on_train_batch_end` (or from a wrapped training step) drops that attempt's too."""
 
     def on_update_end(self, trainer: Trainer, state: TrainState, loss: float) -> None:
         """After each optimizer update (scheduler stepped, EMA updated, ``trainer.global_step`` and

@@ -169,8 +169,8 @@ class TrainState:
     train_loss_n: int = 0
 
 
-_HOOKS = ("on_fit_start", "on_stage_start", "on_train_batch_end", "on_update_end", "on_epoch_end", "on_exception",
-          "on_fit_end")
+_HOOKS = ("on_fit_start", "on_stage_start", "on_train_batch_end", "on_window_retry", "on_update_end", "on_epoch_end",
+          "on_exception", "on_fit_end")
 
 
 def _hook_lists(callbacks: Sequence[Callback]) -> dict[str, list[Callback]]:
@@ -651,6 +651,8 @@ class Trainer:
             self._restore(snapshot)
             self.micro_split *= 2
             self.oom_backoffs += 1
+            for cb in self._hooks["on_window_retry"]:  # what they collected of the failed attempt is void
+                cb.on_window_retry(self, self.state)
             log.warning("out of memory at optimizer step %d: micro-batch halved to ~%d, accumulation x%d "
                         "(effective batch unchanged); retrying the step", self.global_step + 1,
                         math.ceil(largest / self.micro_split), self.micro_split * cfg.accum_steps)

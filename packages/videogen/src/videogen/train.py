@@ -172,6 +172,7 @@ class UpdateLog(Callback):
     :meth:`on_update_end` (the trainer calls it after each update, before that step's evaluation and
     ``last.pt``) through :meth:`mlcore.trainer.Trainer.log_row`, so it is part of the checkpoint's history:
     a resumed run keeps every row up to the step it resumes from and drops only rows of updates it redoes.
+    A window retried after an out-of-memory back-off (:meth:`on_window_retry`) counts only the retry.
     """
 
     def __init__(self) -> None:
@@ -203,6 +204,9 @@ class UpdateLog(Callback):
                **{k: float(v[0]) / v[1] for k, v in self.acc.items() if v[1]}}
         self.trainer.log_row(row)
         self.acc, self.key = {}, None
+
+    def on_window_retry(self, trainer: Trainer, state: Any) -> None:
+        self.acc = {}  # the failed attempt's micro-batches are redone: count each sample once
 
     def on_update_end(self, trainer: Trainer, state: Any, loss: float) -> None:
         self.flush()
