@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 import torch.nn.functional as F
 
 from mlcore import Callback, NonFiniteLossError
@@ -25,6 +26,9 @@ class Recorder(Callback):
     def on_train_batch_end(self, trainer, state, outputs):
         assert not outputs["loss"].requires_grad and outputs["logits"].shape[-1] == 4
         self.calls.append(("batch", state.epoch, state.stage_step))
+
+    def on_window_retry(self, trainer, state):
+        self.calls.append(("retry", state.stage_step, trainer.micro_split))
 
     def on_update_end(self, trainer, state, loss):
         assert loss == loss and state.optimizer is not None  # finite, the stage's optimizer
@@ -80,6 +84,25 @@ def test_on_exception_on_a_non_finite_loss(toy):
     # the third micro-batch's loss is NaN: two updates, its backward, then on_exception and no on_fit_end
     assert rec.calls[2:] == [("batch", 0, 0), ("update", 0, 1, 1, 1), ("batch", 0, 1), ("update", 0, 2, 2, 2),
                              ("batch", 0, 2), ("exception", "NonFiniteLossError")]
+
+
+def test_window_retry_hook_comes_between_the_failed_attempt_and_the_retry(toy):
+    calls = {"n": 0}
+
+    def step(model, batch):
+        calls["n"] += 1
+        if calls["n"] == 1:  # the first micro-batch runs out of memory once
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        logits = model(batch["image"])
+        return {"loss": F.cross_entropy(logits, batch["label"]), "logits": logits}
+
+    trainer, train, val = toy(step=step)
+    rec = Recorder()
+    trainer.callbacks.append(rec)
+    trainer.fit(train, val)
+    # the retry (micro-batch halved: micro_split 2) runs the window as two micro-batches, then the update
+    assert rec.calls[2:6] == [("retry", 0, 2), ("batch", 0, 0), ("batch", 0, 0), ("update", 0, 1, 1, 1)]
+    assert [c for c in rec.calls if c[0] == "retry"] == [("retry", 0, 2)]
 
 
 def test_only_overridden_hooks_are_called():
