@@ -153,6 +153,8 @@ def test_cpu_preset_is_shipped():
     assert preset["encoder"] == "efficientnet-lite0" and preset["encoder_weights"] == "offline"
     # the decoder whose bf16 export meets issue 12's 40 ms at 384 px (bench/RESULTS.md)
     assert parse_decoder_channels(preset["decoder_channels"]) == (128, 64, 32, 16, 8)
+    # chosen on val in issue 17 (bench/RESULTS.md): bf16 + channels-last buys 5 epochs inside the 20 minutes
+    assert (preset["precision"], preset["channels_last"], preset["epochs"], preset["image_size"]) == ("bf16", True, 5, 320)
 
 
 def test_eval_mediapipe_baseline(figaro_root, shared_models, capsys):
